@@ -1,0 +1,275 @@
+//! Configuration: read once from the environment at start, validated, then passed down as a
+//! value. Nothing else in the crate reads the environment.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// One environment variable: its name, default and meaning. The `--help` text is built from
+/// this table so the documentation cannot drift from the parser.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+pub const VARIABLES: [Variable; 9] = [
+    Variable {
+        name: "SERVER_ADDR",
+        default: "127.0.0.1:3000",
+        meaning: "address to listen on (port 0 picks a free port)",
+    },
+    Variable {
+        name: "DATABASE_URL",
+        default: "sqlite://mini_lambda.db",
+        meaning: "SQLite database file (sqlite://PATH or a plain path)",
+    },
+    Variable {
+        name: "WORKER_COUNT",
+        default: "4",
+        meaning: "worker threads running jobs (1 to 1024)",
+    },
+    Variable {
+        name: "DEFAULT_TIMEOUT_SECONDS",
+        default: "30",
+        meaning: "timeout of a job that does not set one (1 to 86400)",
+    },
+    Variable {
+        name: "DEFAULT_MAX_RETRIES",
+        default: "3",
+        meaning: "automatic retries of a job that does not set max_retries (0 to 100)",
+    },
+    Variable {
+        name: "RETRY_BACKOFF_MS",
+        default: "200",
+        meaning: "base of the exponential retry backoff, in milliseconds",
+    },
+    Variable {
+        name: "RETRY_BACKOFF_MAX_MS",
+        default: "60000",
+        meaning: "cap of the retry backoff, in milliseconds",
+    },
+    Variable {
+        name: "MAX_BODY_BYTES",
+        default: "1048576",
+        meaning: "largest accepted request body, in bytes",
+    },
+    Variable {
+        name: "SHUTDOWN_GRACE_SECONDS",
+        default: "30",
+        meaning: "how long a graceful shutdown keeps draining jobs",
+    },
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server_addr: SocketAddr,
+    pub database_path: PathBuf,
+    pub worker_count: usize,
+    pub default_timeout_seconds: u32,
+    pub default_max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any name-to-value lookup, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let reader = Reader { lookup };
+        let retry_backoff_ms = reader.integer("RETRY_BACKOFF_MS", 0, 3_600_000)?;
+        let retry_backoff_max_ms = reader.integer("RETRY_BACKOFF_MAX_MS", 0, 86_400_000)?;
+        if retry_backoff_max_ms < retry_backoff_ms {
+            return Err(Error::Config {
+                variable: "RETRY_BACKOFF_MAX_MS",
+                message: format!(
+                    "must be at least RETRY_BACKOFF_MS ({retry_backoff_ms}), got {retry_backoff_max_ms}"
+                ),
+            });
+        }
+        Ok(Config {
+            server_addr: reader.address("SERVER_ADDR")?,
+            database_path: reader.database_path("DATABASE_URL")?,
+            worker_count: to_usize(reader.integer("WORKER_COUNT", 1, 1024)?),
+            default_timeout_seconds: to_u32(reader.integer(
+                "DEFAULT_TIMEOUT_SECONDS",
+                1,
+                86_400,
+            )?),
+            default_max_retries: to_u32(reader.integer("DEFAULT_MAX_RETRIES", 0, 100)?),
+            retry_backoff: Duration::from_millis(retry_backoff_ms),
+            retry_backoff_max: Duration::from_millis(retry_backoff_max_ms),
+            max_body_bytes: to_usize(reader.integer("MAX_BODY_BYTES", 1, 1 << 30)?),
+            shutdown_grace: Duration::from_secs(reader.integer(
+                "SHUTDOWN_GRACE_SECONDS",
+                0,
+                86_400,
+            )?),
+        })
+    }
+}
+
+/// Prints `--help`: usage and every variable with its default.
+pub fn help_text() -> String {
+    let mut text = format!(
+        "{name} {version}\n{description}\n\nUSAGE:\n    {name} [--help | --version]\n\n\
+         Configuration comes from the environment:\n",
+        name = env!("CARGO_PKG_NAME"),
+        version = env!("CARGO_PKG_VERSION"),
+        description = env!("CARGO_PKG_DESCRIPTION"),
+    );
+    for variable in &VARIABLES {
+        text.push_str(&format!(
+            "    {:<24} {} (default: {})\n",
+            variable.name, variable.meaning, variable.default
+        ));
+    }
+    text.push_str("    RUST_LOG                 log filter, e.g. mini_lambda_rust=debug (default: mini_lambda_rust=info)\n");
+    text
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+fn to_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+struct Reader<F> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The variable's value, or its documented default when unset.
+    fn raw(&self, name: &'static str) -> String {
+        (self.lookup)(name).unwrap_or_else(|| {
+            VARIABLES
+                .iter()
+                .find(|variable| variable.name == name)
+                .map(|variable| variable.default.to_string())
+                .unwrap_or_default()
+        })
+    }
+
+    fn integer(&self, name: &'static str, min: u64, max: u64) -> Result<u64> {
+        let raw = self.raw(name);
+        match raw.trim().parse::<u64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(value),
+            _ => Err(Error::Config {
+                variable: name,
+                message: format!("must be an integer from {min} to {max}, got {raw:?}"),
+            }),
+        }
+    }
+
+    fn address(&self, name: &'static str) -> Result<SocketAddr> {
+        let raw = self.raw(name);
+        let resolved = raw
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        resolved.ok_or_else(|| Error::Config {
+            variable: name,
+            message: format!("must be HOST:PORT such as 127.0.0.1:3000, got {raw:?}"),
+        })
+    }
+
+    fn database_path(&self, name: &'static str) -> Result<PathBuf> {
+        let raw = self.raw(name);
+        let path = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .unwrap_or(&raw);
+        if path.is_empty() || path.contains('?') || path == ":memory:" {
+            return Err(Error::Config {
+                variable: name,
+                message: format!(
+                    "must name a database file, e.g. sqlite://mini_lambda.db, got {raw:?}"
+                ),
+            });
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(pairs: &[(&str, &str)]) -> Result<Config> {
+        Config::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    fn failing_variable(pairs: &[(&str, &str)]) -> &'static str {
+        match config_with(pairs) {
+            Err(Error::Config { variable, .. }) => variable,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = config_with(&[]).unwrap();
+        assert_eq!(config.server_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.database_path, PathBuf::from("mini_lambda.db"));
+        assert_eq!(config.worker_count, 4);
+        assert_eq!(config.default_timeout_seconds, 30);
+        assert_eq!(config.default_max_retries, 3);
+        assert_eq!(config.retry_backoff, Duration::from_millis(200));
+        assert_eq!(config.retry_backoff_max, Duration::from_millis(60_000));
+        assert_eq!(config.max_body_bytes, 1 << 20);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        assert_eq!(failing_variable(&[("WORKER_COUNT", "abc")]), "WORKER_COUNT");
+        assert_eq!(failing_variable(&[("WORKER_COUNT", "0")]), "WORKER_COUNT");
+        assert_eq!(
+            failing_variable(&[("SERVER_ADDR", "nowhere")]),
+            "SERVER_ADDR"
+        );
+        assert_eq!(
+            failing_variable(&[("DATABASE_URL", "sqlite://")]),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            failing_variable(&[("MAX_BODY_BYTES", "-1")]),
+            "MAX_BODY_BYTES"
+        );
+        assert_eq!(
+            failing_variable(&[("RETRY_BACKOFF_MS", "500"), ("RETRY_BACKOFF_MAX_MS", "100")]),
+            "RETRY_BACKOFF_MAX_MS"
+        );
+    }
+
+    #[test]
+    fn database_url_accepts_scheme_or_plain_path() {
+        let config = config_with(&[("DATABASE_URL", "sqlite:///tmp/x/jobs.db")]).unwrap();
+        assert_eq!(config.database_path, PathBuf::from("/tmp/x/jobs.db"));
+        let config = config_with(&[("DATABASE_URL", "data/jobs.db")]).unwrap();
+        assert_eq!(config.database_path, PathBuf::from("data/jobs.db"));
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = help_text();
+        for variable in &VARIABLES {
+            assert!(help.contains(variable.name) && help.contains(variable.default));
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The crate's one error type. Each variant says when it happens; the HTTP layer maps every
+//! variant to a status and a stable `code` string in exactly one place (`http::response`).
+
+use std::fmt;
+
+/// Everything that can go wrong, from a bad request field to a database that stopped answering.
+#[derive(Debug)]
+pub enum Error {
+    /// A request field or query parameter is missing, has the wrong type or is out of range.
+    /// The message names the field.
+    Validation(String),
+    /// The request body is not well-formed JSON.
+    InvalidJson(String),
+    /// The job (or route) does not exist.
+    NotFound(String),
+    /// The path exists but not with this method; `allow` lists the methods that do.
+    MethodNotAllowed { allow: &'static str },
+    /// The job exists but is in a state where the operation makes no sense
+    /// (for example retrying a job that succeeded).
+    InvalidState(String),
+    /// The request body is larger than `MAX_BODY_BYTES`.
+    PayloadTooLarge { limit: usize },
+    /// The request declares a body type other than JSON.
+    UnsupportedMediaType(String),
+    /// The server is shutting down, or the database is busy or unreachable.
+    Unavailable(String),
+    /// SQLite failed. The detail is logged, never sent to a client.
+    Database(rusqlite::Error),
+    /// A stored row could not be understood (for example an unknown status string).
+    CorruptRow(String),
+    /// A bug: a handler panicked or an invariant broke. The detail is logged, never sent.
+    Internal(String),
+    /// An environment variable has a value the server cannot use; the start is refused.
+    Config {
+        variable: &'static str,
+        message: String,
+    },
+    /// The server could not start: the address is taken, the database cannot be opened, etc.
+    Startup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Validation(message)
+            | Error::InvalidJson(message)
+            | Error::NotFound(message)
+            | Error::InvalidState(message)
+            | Error::UnsupportedMediaType(message)
+            | Error::Unavailable(message)
+            | Error::CorruptRow(message)
+            | Error::Internal(message)
+            | Error::Startup(message) => f.write_str(message),
+            Error::MethodNotAllowed { allow } => {
+                write!(f, "method not allowed on this path; allowed: {allow}")
+            }
+            Error::PayloadTooLarge { limit } => {
+                write!(f, "request body is larger than the limit of {limit} bytes")
+            }
+            Error::Database(err) => write!(f, "database error: {err}"),
+            Error::Config { variable, message } => write!(f, "{variable}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::Database(err)
+    }
+}

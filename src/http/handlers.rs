@@ -1,0 +1,169 @@
+//! Endpoint handlers: parsed input in, `ApiResponse` or `Error` out. They never touch the
+//! socket, so everything here can be exercised without one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::http::request::query_pairs;
+use crate::http::response::ApiResponse;
+use crate::job::{JobDefaults, JobStatus, NewJob};
+use crate::simulation::Simulation;
+use crate::store::Store;
+use crate::time::Timestamp;
+use crate::worker::Waker;
+
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// What every handler thread shares.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub waker: Waker,
+    pub defaults: JobDefaults,
+    pub max_body_bytes: usize,
+    /// Set once shutdown begins; from then on every request is answered 503.
+    pub shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// `GET /health`: a struct rather than `json!` so the keys keep their documented order.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    database: &'static str,
+}
+
+pub fn health(state: &AppState) -> ApiResponse {
+    match state.store.ping() {
+        Ok(()) => ApiResponse::json(
+            200,
+            &Health {
+                status: "ok",
+                database: "ok",
+            },
+        ),
+        Err(err) => {
+            log::error!("health check: the database does not answer: {err}");
+            let down = Health {
+                status: "unavailable",
+                database: "unavailable",
+            };
+            ApiResponse::json(503, &down)
+        }
+    }
+}
+
+pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
+    let now = Timestamp::now();
+    let job = NewJob::from_json(body, state.defaults, now)?;
+    Simulation::from_payload(&job.payload)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    state.store.insert(&id, &job, now)?;
+    log::info!("job {id} submitted");
+    // Wake a worker even for a scheduled job: an idle worker may be sleeping until a later
+    // time and must recompute its wait.
+    state.waker.job_queued();
+    Ok(
+        ApiResponse::json(201, &json!({"job_id": id, "status": JobStatus::Pending}))
+            .with_header("Location", format!("/jobs/{id}")),
+    )
+}
+
+pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {
+    let id = canonical_id(id)?;
+    let job = state.store.get(&id)?.ok_or_else(|| not_found(&id))?;
+    Ok(ApiResponse::json(200, &job))
+}
+
+pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
+    let mut status = None;
+    let mut limit = DEFAULT_PAGE_SIZE;
+    let mut before = None;
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "status" => {
+                status = Some(value.parse::<JobStatus>().map_err(|_| {
+                    Error::Validation(format!(
+                        "status must be one of pending, running, success, failed, timeout; got {value:?}"
+                    ))
+                })?)
+            }
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE_SIZE).contains(limit))
+                    .ok_or_else(|| {
+                        Error::Validation(format!(
+                            "limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {value:?}"
+                        ))
+                    })?
+            }
+            "before" => {
+                before = Some(canonical_id(&value).map_err(|_| {
+                    Error::Validation(format!("before must be a job id, got {value:?}"))
+                })?)
+            }
+            other => {
+                return Err(Error::Validation(format!(
+                    "unknown query parameter {other:?}; allowed are status, limit, before"
+                )))
+            }
+        }
+    }
+    let page = state.store.list(status, before.as_deref(), limit)?;
+    let next = page.jobs.last().filter(|_| page.has_more).map(|last| {
+        let status = status
+            .map(|status| format!("status={status}&"))
+            .unwrap_or_default();
+        format!(
+            "</jobs?{status}limit={limit}&before={}>; rel=\"next\"",
+            last.id
+        )
+    });
+    let response = ApiResponse::json(200, &page.jobs);
+    Ok(match next {
+        Some(link) => response.with_header("Link", link),
+        None => response,
+    })
+}
+
+pub fn retry(state: &AppState, id: &str) -> Result<ApiResponse> {
+    let id = canonical_id(id)?;
+    let job = state.store.retry(&id, Timestamp::now())?;
+    log::info!(
+        "job {id} retried by request; retry budget reset to {}",
+        job.max_retries
+    );
+    state.waker.job_queued();
+    Ok(ApiResponse::json(202, &job))
+}
+
+pub fn delete(state: &AppState, id: &str) -> Result<ApiResponse> {
+    let id = canonical_id(id)?;
+    if !state.store.delete(&id)? {
+        return Err(not_found(&id));
+    }
+    log::info!("job {id} deleted");
+    Ok(ApiResponse::empty(204))
+}
+
+/// Job ids are UUIDs in lowercase hyphenated form; anything else names no job.
+fn canonical_id(id: &str) -> Result<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|uuid| uuid.hyphenated().to_string())
+        .map_err(|_| not_found(id))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("no job with id {id:?}"))
+}

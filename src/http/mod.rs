@@ -1,0 +1,136 @@
+//! The HTTP layer, the only module that knows tiny_http. A pool of named handler threads takes
+//! requests from tiny_http's accept loop; each request is routed, answered explicitly, and
+//! logged in one line. A panic in a handler becomes a JSON 500 and the thread serves on.
+
+mod handlers;
+mod request;
+mod response;
+mod routes;
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use log::{debug, error, info};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::JobDefaults;
+use crate::store::Store;
+use crate::worker::Waker;
+use handlers::AppState;
+use response::ApiResponse;
+
+/// Threads that take requests off tiny_http's queue. Handlers mostly wait on SQLite, so a
+/// few more than the cores keeps the connection mutex busy without piling up.
+const HANDLER_THREADS: usize = 8;
+
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    state: Arc<AppState>,
+    handles: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl HttpServer {
+    pub fn start(config: &Config, store: Arc<Store>, waker: Waker) -> Result<HttpServer> {
+        let server = tiny_http::Server::http(config.server_addr).map_err(|err| {
+            Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
+        })?;
+        let local_addr = server
+            .server_addr()
+            .to_ip()
+            .copied()
+            .unwrap_or(config.server_addr);
+        let server = Arc::new(server);
+        let state = Arc::new(AppState {
+            store,
+            waker,
+            defaults: JobDefaults {
+                timeout_seconds: config.default_timeout_seconds,
+                max_retries: config.default_max_retries,
+            },
+            max_body_bytes: config.max_body_bytes,
+            shutting_down: AtomicBool::new(false),
+        });
+        let mut handles = Vec::with_capacity(HANDLER_THREADS);
+        for number in 1..=HANDLER_THREADS {
+            let server = Arc::clone(&server);
+            let state = Arc::clone(&state);
+            let handle = thread::Builder::new()
+                .name(format!("http-{number}"))
+                .spawn(move || serve(&server, &state))
+                .map_err(|err| Error::Startup(format!("cannot start handler thread: {err}")))?;
+            handles.push(handle);
+        }
+        Ok(HttpServer {
+            server,
+            state,
+            handles,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// From now on every request is answered `503 unavailable`.
+    pub fn refuse_new_requests(&self) {
+        self.state.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Stops the handler threads and waits for them.
+    pub fn stop(self) {
+        self.refuse_new_requests();
+        for _ in &self.handles {
+            // Each call wakes one thread blocked in `recv`.
+            let _ = self.server.unblock();
+        }
+        for handle in self.handles {
+            if handle.join().is_err() {
+                error!("an HTTP handler thread panicked outside a request");
+            }
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, state: &AppState) {
+    loop {
+        match server.recv() {
+            Ok(Ok(request)) => handle(state, request),
+            Ok(Err(bad_request)) => debug!("unreadable request: {bad_request}"),
+            // `unblock` (one queued per thread at shutdown) or the server closing.
+            Err(_) => return,
+        }
+    }
+}
+
+fn handle(state: &AppState, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let response = catch_unwind(AssertUnwindSafe(|| routes::route(state, &mut request)))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
+                "handler panicked on {method} {path}"
+            )))
+        })
+        .unwrap_or_else(|err| ApiResponse::from_error(&err));
+    let status = response.status;
+    if let Err(err) = request.respond(response.into_tiny()) {
+        debug!("could not send the response to {method} {path}: {err}");
+    }
+    info!(
+        "{method} {path} {status} {:.3}ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}

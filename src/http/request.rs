@@ -1,0 +1,136 @@
+//! Reading a request: the JSON body through a size cap and a media-type check, and the query
+//! string into name/value pairs.
+
+use std::io::Read;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Reads and parses a JSON body of at most `limit` bytes. A missing `Content-Type` is taken
+/// as JSON (handy with plain curl); any other declared type is refused.
+pub fn read_json_body(request: &mut tiny_http::Request, limit: usize) -> Result<Value> {
+    if let Some(content_type) = request.headers().get("Content-Type") {
+        check_json_media_type(content_type.as_str())?;
+    }
+    if request.body_length().is_some_and(|length| length > limit) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    request
+        .as_reader()
+        .take(cap)
+        .read_to_end(&mut body)
+        .map_err(|err| Error::InvalidJson(format!("could not read the request body: {err}")))?;
+    if body.len() > limit {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    parse_json(&body)
+}
+
+pub fn parse_json(body: &[u8]) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::InvalidJson(
+            "the request body is empty; send a JSON object such as {\"payload\": {}}".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| Error::InvalidJson(format!("the request body is not valid JSON: {err}")))
+}
+
+fn check_json_media_type(content_type: &str) -> Result<()> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType(format!(
+            "Content-Type must be application/json, got {content_type:?} (with curl use --json or -H 'Content-Type: application/json')"
+        )))
+    }
+}
+
+/// Splits a query string into decoded name/value pairs.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(value)) => {
+                decoded.push(value);
+                index += 3;
+            }
+            (b'+', _) => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            _ => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_accepted_with_parameters() {
+        assert!(check_json_media_type("application/json").is_ok());
+        assert!(check_json_media_type("Application/JSON; charset=utf-8").is_ok());
+        assert!(check_json_media_type("application/vnd.api+json").is_ok());
+        assert!(matches!(
+            check_json_media_type("application/x-www-form-urlencoded"),
+            Err(Error::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        assert_eq!(
+            query_pairs("status=failed&limit=5&x=a%20b+c&flag"),
+            vec![
+                ("status".to_string(), "failed".to_string()),
+                ("limit".to_string(), "5".to_string()),
+                ("x".to_string(), "a b c".to_string()),
+                ("flag".to_string(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_malformed_bodies_are_invalid_json() {
+        assert!(matches!(parse_json(b"  "), Err(Error::InvalidJson(_))));
+        assert!(matches!(
+            parse_json(b"{\"payload\":"),
+            Err(Error::InvalidJson(_))
+        ));
+    }
+}

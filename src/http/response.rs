@@ -1,0 +1,163 @@
+//! Responses: the one place where an error becomes an HTTP status and a stable `code`, and
+//! where our response value becomes a tiny_http response.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::Error;
+
+/// A response before it meets the socket: handlers build these, never tiny_http types.
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON text, or `None` for an empty body (204).
+    pub body: Option<String>,
+}
+
+impl ApiResponse {
+    pub fn json(status: u16, value: &impl Serialize) -> ApiResponse {
+        match serde_json::to_string(value) {
+            Ok(body) => ApiResponse {
+                status,
+                headers: Vec::new(),
+                body: Some(body),
+            },
+            Err(err) => {
+                ApiResponse::from_error(&Error::Internal(format!("cannot encode response: {err}")))
+            }
+        }
+    }
+
+    pub fn empty(status: u16) -> ApiResponse {
+        ApiResponse {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> ApiResponse {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The error envelope `{"error":{"code":…,"message":…}}`. Internal details are logged here
+    /// and replaced by a generic message.
+    pub fn from_error(error: &Error) -> ApiResponse {
+        let (status, code) = status_and_code(error);
+        let message = match error {
+            Error::Database(_)
+            | Error::CorruptRow(_)
+            | Error::Internal(_)
+            | Error::Startup(_)
+            | Error::Config { .. } => {
+                log::error!("internal error: {error}");
+                if status == 503 {
+                    "the database is not answering; try again shortly".to_string()
+                } else {
+                    "internal error; the server log has the details".to_string()
+                }
+            }
+            _ => error.to_string(),
+        };
+        let response = ApiResponse::json(
+            status,
+            &json!({"error": {"code": code, "message": message}}),
+        );
+        match error {
+            Error::MethodNotAllowed { allow } => {
+                response.with_header("Allow", (*allow).to_string())
+            }
+            _ => response,
+        }
+    }
+
+    pub fn into_tiny(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let mut response = tiny_http::Response::from_data(self.body.clone().unwrap_or_default())
+            .with_status_code(self.status);
+        if self.body.is_some() {
+            add_header(&mut response, "Content-Type", "application/json");
+        }
+        for (name, value) in &self.headers {
+            add_header(&mut response, name, value);
+        }
+        response
+    }
+}
+
+fn add_header<R: std::io::Read>(response: &mut tiny_http::Response<R>, name: &str, value: &str) {
+    match tiny_http::Header::from_bytes(name, value) {
+        Ok(header) => response.add_header(header),
+        Err(_) => log::error!("dropped an invalid response header {name}"),
+    }
+}
+
+/// The mapping from error to status and code. Every error response goes through here.
+fn status_and_code(error: &Error) -> (u16, &'static str) {
+    match error {
+        Error::Validation(_) => (400, "validation_error"),
+        Error::InvalidJson(_) => (400, "invalid_json"),
+        Error::NotFound(_) => (404, "not_found"),
+        Error::MethodNotAllowed { .. } => (405, "method_not_allowed"),
+        Error::InvalidState(_) => (409, "invalid_state"),
+        Error::PayloadTooLarge { .. } => (413, "payload_too_large"),
+        Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
+        Error::Unavailable(_) => (503, "unavailable"),
+        Error::Database(err) if database_unavailable(err) => (503, "unavailable"),
+        Error::Database(_)
+        | Error::CorruptRow(_)
+        | Error::Internal(_)
+        | Error::Config { .. }
+        | Error::Startup(_) => (500, "internal_error"),
+    }
+}
+
+/// Busy, locked, unreadable or full: conditions that pass, or that an operator fixes, rather
+/// than bugs.
+fn database_unavailable(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        err.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull | ReadOnly)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(error: Error) -> (u16, serde_json::Value) {
+        let response = ApiResponse::from_error(&error);
+        let body = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
+        (response.status, body)
+    }
+
+    #[test]
+    fn internal_errors_hide_their_details() {
+        let (status, body) = envelope(Error::Internal("secret path /etc/x".into()));
+        assert_eq!(status, 500);
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(!body.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_busy_database_is_unavailable_not_a_bug() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let (status, body) = envelope(Error::Database(busy));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable"))
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let response = ApiResponse::from_error(&Error::MethodNotAllowed { allow: "GET, POST" });
+        assert_eq!(response.status, 405);
+        assert_eq!(response.headers, vec![("Allow", "GET, POST".to_string())]);
+    }
+}

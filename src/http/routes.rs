@@ -1,0 +1,39 @@
+//! Routing: one `match` on method and path segments. A known path with the wrong method is a
+//! 405 with `Allow`; anything else is a 404.
+
+use tiny_http::{Method, Request};
+
+use crate::error::{Error, Result};
+use crate::http::handlers::{self, AppState};
+use crate::http::request::read_json_body;
+use crate::http::response::ApiResponse;
+
+pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
+    if state.is_shutting_down() {
+        return Err(Error::Unavailable(
+            "the server is shutting down; try again after it restarts".into(),
+        ));
+    }
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = request.method().clone();
+    match (&method, segments.as_slice()) {
+        (Method::Get, ["health"]) => Ok(handlers::health(state)),
+        (Method::Post, ["jobs"]) => {
+            let body = read_json_body(request, state.max_body_bytes)?;
+            handlers::submit(state, body)
+        }
+        (Method::Get, ["jobs"]) => handlers::list(state, query),
+        (Method::Get, ["jobs", id]) => handlers::get(state, id),
+        (Method::Delete, ["jobs", id]) => handlers::delete(state, id),
+        (Method::Post, ["jobs", id, "retry"]) => handlers::retry(state, id),
+        (_, ["health"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
+        (_, ["jobs", _]) => Err(Error::MethodNotAllowed {
+            allow: "GET, DELETE",
+        }),
+        (_, ["jobs", _, "retry"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
+        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    }
+}

@@ -1,0 +1,327 @@
+//! The job model: statuses, the stored job, and validation of a submit request.
+//! Depends on nothing else in the crate but `error` and `time`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+
+pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+pub const MAX_RETRIES_LIMIT: u64 = 100;
+pub const MAX_PRIORITY: u64 = 9;
+/// Ten years: far enough for any schedule, small enough that timestamps never overflow.
+pub const MAX_DELAY_SECONDS: u64 = 10 * 365 * 86_400;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Timeout,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Success,
+        JobStatus::Failed,
+        JobStatus::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Timeout => "timeout",
+        }
+    }
+
+    /// Terminal jobs never run again unless someone asks for a retry.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failed | JobStatus::Timeout
+        )
+    }
+
+    /// Only jobs that ended badly can be retried by hand.
+    pub fn is_retryable(self) -> bool {
+        self.is_terminal() && self != JobStatus::Success
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| Error::CorruptRow(format!("unknown job status {text:?}")))
+    }
+}
+
+/// A job as stored and as every endpoint returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub payload: Value,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub retry_count: u32,
+    pub max_retries: u32,
+    pub timeout_seconds: u32,
+    pub result: Option<Value>,
+    pub error_message: Option<String>,
+    pub priority: u8,
+    pub run_at: Timestamp,
+}
+
+impl Job {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.timeout_seconds))
+    }
+}
+
+/// How one attempt of a running job ended, as the store records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptEnd {
+    Succeeded {
+        result: Value,
+    },
+    /// `retry_at` set: the job goes back to `pending` with one more retry counted.
+    Failed {
+        error: String,
+        retry_at: Option<Timestamp>,
+    },
+    TimedOut {
+        error: String,
+    },
+    /// The server stopped the attempt (shutdown); the job goes back to `pending` and the
+    /// attempt is not counted against the retry budget.
+    Released {
+        reason: String,
+    },
+}
+
+/// The defaults a submit request falls back to, taken from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct JobDefaults {
+    pub timeout_seconds: u32,
+    pub max_retries: u32,
+}
+
+/// A validated `POST /jobs` body, not yet stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    pub payload: Value,
+    pub timeout_seconds: u32,
+    pub max_retries: u32,
+    pub priority: u8,
+    /// When the job becomes due; `None` means at submission time.
+    pub run_at: Option<Timestamp>,
+}
+
+const SUBMIT_FIELDS: [&str; 6] = [
+    "payload",
+    "timeout_seconds",
+    "max_retries",
+    "priority",
+    "run_at",
+    "delay_seconds",
+];
+
+impl NewJob {
+    /// Validates a submit body. `now` anchors `delay_seconds`.
+    pub fn from_json(body: Value, defaults: JobDefaults, now: Timestamp) -> Result<NewJob> {
+        let Value::Object(mut fields) = body else {
+            return Err(Error::Validation(
+                "the request body must be a JSON object with a \"payload\" field".into(),
+            ));
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|key| !SUBMIT_FIELDS.contains(&key.as_str()))
+        {
+            return Err(Error::Validation(format!(
+                "unknown field {unknown:?}; allowed fields are {}",
+                SUBMIT_FIELDS.join(", ")
+            )));
+        }
+        let payload = match fields.remove("payload") {
+            None | Some(Value::Null) => {
+                return Err(Error::Validation(
+                    "payload is required and must not be null".into(),
+                ))
+            }
+            Some(payload) => payload,
+        };
+        let timeout_seconds = optional_integer(&fields, "timeout_seconds", 1, MAX_TIMEOUT_SECONDS)?
+            .map_or(defaults.timeout_seconds, to_u32);
+        let max_retries = optional_integer(&fields, "max_retries", 0, MAX_RETRIES_LIMIT)?
+            .map_or(defaults.max_retries, to_u32);
+        let priority = optional_integer(&fields, "priority", 0, MAX_PRIORITY)?
+            .map_or(0, |value| u8::try_from(value).unwrap_or(u8::MAX));
+        let run_at = schedule(&fields, now)?;
+        Ok(NewJob {
+            payload,
+            timeout_seconds,
+            max_retries,
+            priority,
+            run_at,
+        })
+    }
+}
+
+fn to_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// An optional integer field within `min..=max`; `null` counts as absent.
+pub fn optional_integer(
+    fields: &Map<String, Value>,
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
+            _ => Err(Error::Validation(format!(
+                "{name} must be an integer from {min} to {max}, got {value}"
+            ))),
+        },
+    }
+}
+
+fn schedule(fields: &Map<String, Value>, now: Timestamp) -> Result<Option<Timestamp>> {
+    let run_at = match fields.get("run_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(Timestamp::parse_rfc3339(text).ok_or_else(|| {
+            Error::Validation(format!(
+                "run_at must be an RFC 3339 time such as 2030-01-01T00:00:00Z, got {text:?}"
+            ))
+        })?),
+        Some(other) => {
+            return Err(Error::Validation(format!(
+                "run_at must be an RFC 3339 time string, got {other}"
+            )))
+        }
+    };
+    let delay = optional_integer(fields, "delay_seconds", 0, MAX_DELAY_SECONDS)?;
+    match (run_at, delay) {
+        (Some(_), Some(_)) => Err(Error::Validation(
+            "run_at and delay_seconds cannot both be given; choose one".into(),
+        )),
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(seconds)) => Ok(Some(now.plus(Duration::from_secs(seconds)))),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const DEFAULTS: JobDefaults = JobDefaults {
+        timeout_seconds: 30,
+        max_retries: 3,
+    };
+
+    fn validate(body: Value) -> Result<NewJob> {
+        NewJob::from_json(body, DEFAULTS, Timestamp::from_micros(1_000_000))
+    }
+
+    fn validation_message(body: Value) -> String {
+        match validate(body) {
+            Err(Error::Validation(message)) => message,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_request_leaves_out() {
+        let job = validate(json!({"payload": "x"})).unwrap();
+        assert_eq!(
+            job,
+            NewJob {
+                payload: json!("x"),
+                timeout_seconds: 30,
+                max_retries: 3,
+                priority: 0,
+                run_at: None,
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        assert!(
+            validation_message(json!({"payload": 1, "timeout_second": 5}))
+                .contains("\"timeout_second\"")
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        for (field, value) in [
+            ("timeout_seconds", json!(0)),
+            ("timeout_seconds", json!(86_401)),
+            ("timeout_seconds", json!(1.5)),
+            ("max_retries", json!(101)),
+            ("max_retries", json!(-1)),
+            ("priority", json!(10)),
+            ("priority", json!("high")),
+            ("delay_seconds", json!(-5)),
+        ] {
+            let mut body = json!({"payload": {}});
+            body[field] = value;
+            assert!(validation_message(body).starts_with(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn null_or_missing_payload_is_refused() {
+        assert!(validation_message(json!({})).contains("payload"));
+        assert!(validation_message(json!({"payload": null})).contains("payload"));
+        assert!(validation_message(json!([1, 2])).contains("object"));
+    }
+
+    #[test]
+    fn delay_is_relative_to_now_and_excludes_run_at() {
+        let job = validate(json!({"payload": 1, "delay_seconds": 2})).unwrap();
+        assert_eq!(job.run_at, Some(Timestamp::from_micros(3_000_000)));
+        let both = json!({"payload": 1, "delay_seconds": 2, "run_at": "2030-01-01T00:00:00Z"});
+        assert!(validation_message(both).contains("both"));
+        assert!(validation_message(json!({"payload": 1, "run_at": "soon"})).starts_with("run_at"));
+    }
+
+    #[test]
+    fn status_round_trips_and_rejects_unknown_text() {
+        for status in JobStatus::ALL {
+            assert_eq!(status.as_str().parse::<JobStatus>().unwrap(), status);
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+        assert!(JobStatus::Timeout.is_terminal() && !JobStatus::Pending.is_terminal());
+    }
+}

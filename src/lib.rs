@@ -1,0 +1,24 @@
+//! mini-lambda-rust: a single-binary job execution server.
+//!
+//! The crate is a library with a thin binary (`main.rs`). [`run`] wires the pieces together:
+//! the SQLite [`store`] is the queue of record, the [`worker`] pool claims due jobs from it and
+//! runs them through the [`executor`], and the [`http`] layer accepts, inspects and manages jobs.
+//! Dependencies point one way: `job`, `time` and `error` know nothing else in the crate; the store
+//! knows the model and SQLite; workers know the model and the store; only `http` knows tiny_http.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+mod executor;
+mod http;
+mod job;
+mod retry;
+mod shutdown;
+mod simulation;
+mod store;
+mod time;
+mod worker;
+
+pub use config::Config;
+pub use error::Error;
+pub use shutdown::{run, Exit};

@@ -1,0 +1,76 @@
+//! Start-up and the one shutdown sequence. `run` opens the store, recovers interrupted jobs,
+//! starts workers and the HTTP server, then waits for a signal. The first signal starts a
+//! graceful drain bounded by `SHUTDOWN_GRACE_SECONDS`; a second one ends the process at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::{select, Receiver};
+use log::{info, warn};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::http::HttpServer;
+use crate::retry::RetryPolicy;
+use crate::store::Store;
+use crate::worker::{self, WorkerPool};
+
+/// How the server ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained (or the grace ran out and unfinished jobs were put back): exit code 0.
+    Graceful,
+    /// A second signal arrived during the drain: exit at once; the database keeps everything.
+    Forced,
+}
+
+/// Runs the server until `signals` delivers a shutdown request. `on_ready` is called with the
+/// bound address once requests are being accepted.
+pub fn run(
+    config: Config,
+    signals: Receiver<()>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<Exit> {
+    let store = Arc::new(Store::open(&config.database_path)?);
+    let retry = RetryPolicy {
+        base: config.retry_backoff,
+        cap: config.retry_backoff_max,
+    };
+    let recovered = worker::recover_interrupted(&store, &retry)?;
+    if recovered > 0 {
+        warn!("recovered {recovered} job(s) left running by an earlier crash");
+    }
+    let (mut pool, waker) = WorkerPool::start(config.worker_count, Arc::clone(&store), retry)?;
+    let server = HttpServer::start(&config, store, waker)?;
+    info!(
+        "listening on http://{} with {} workers, database {}",
+        server.local_addr(),
+        config.worker_count,
+        config.database_path.display()
+    );
+    on_ready(server.local_addr());
+
+    // Any message, or the sender going away, means stop.
+    let _ = signals.recv();
+    info!(
+        "shutdown requested: refusing new requests, draining due jobs for up to {} s (a second signal exits at once)",
+        config.shutdown_grace.as_secs()
+    );
+    server.refuse_new_requests();
+    pool.begin_drain();
+    select! {
+        recv(pool.exited()) -> _ => info!("all due jobs finished"),
+        recv(signals) -> _ => {
+            warn!("second signal: exiting now; unfinished jobs are recovered at the next start");
+            return Ok(Exit::Forced);
+        },
+        default(config.shutdown_grace) => {
+            warn!("shutdown grace ended; putting unfinished jobs back as pending");
+            pool.abort();
+        },
+    }
+    pool.join();
+    server.stop();
+    info!("stopped");
+    Ok(Exit::Graceful)
+}

@@ -1,0 +1,269 @@
+//! The worker pool: OS threads that claim due jobs from the store, run each attempt under a
+//! watchdog that enforces the job's timeout, and record the outcome with the retry rule.
+//!
+//! The database is the queue. Workers claim work only when they are free, so a backlog of any
+//! size costs no memory here; the wake channel only tells an idle worker "look again now".
+//! It is bounded: when it is full, enough wake-ups are already on their way.
+//!
+//! Stopping uses dropped senders as signals: dropping the drain sender makes idle workers exit
+//! once nothing is due; dropping the abort sender makes busy workers give up their attempts.
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
+use log::{debug, error, info, warn};
+
+use crate::error::Result;
+use crate::executor::{self, Outcome};
+use crate::job::{AttemptEnd, Job};
+use crate::retry::RetryPolicy;
+use crate::store::Store;
+use crate::time::Timestamp;
+
+/// The longest an idle worker sleeps before looking at the database again. A safety net only:
+/// submits and scheduled times wake workers precisely.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
+/// How long to back off after the database failed, before trying again.
+const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// Tells idle workers that a job may have become due. Cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Waker(Sender<()>);
+
+impl Waker {
+    pub fn job_queued(&self) {
+        // Full means every idle worker already has a wake-up waiting: nothing is lost.
+        let _ = self.0.try_send(());
+    }
+}
+
+pub struct WorkerPool {
+    handles: Vec<JoinHandle<()>>,
+    drain: Option<Sender<()>>,
+    abort: Option<Sender<()>>,
+    exited: Receiver<()>,
+}
+
+struct WorkerContext {
+    store: Arc<Store>,
+    retry: RetryPolicy,
+    wake: Receiver<()>,
+    drain: Receiver<()>,
+    abort: Receiver<()>,
+    /// Held until the thread ends; when every worker has dropped its clone, `exited` closes.
+    _alive: Sender<()>,
+}
+
+impl WorkerPool {
+    /// Starts `count` workers and returns the pool with the waker that HTTP handlers use.
+    pub fn start(
+        count: usize,
+        store: Arc<Store>,
+        retry: RetryPolicy,
+    ) -> Result<(WorkerPool, Waker)> {
+        let (wake_sender, wake) = bounded(count);
+        let (drain_sender, drain) = bounded(0);
+        let (abort_sender, abort) = bounded(0);
+        let (alive, exited) = bounded(0);
+        let mut handles = Vec::with_capacity(count);
+        for number in 1..=count {
+            let context = WorkerContext {
+                store: Arc::clone(&store),
+                retry,
+                wake: wake.clone(),
+                drain: drain.clone(),
+                abort: abort.clone(),
+                _alive: alive.clone(),
+            };
+            let handle = thread::Builder::new()
+                .name(format!("worker-{number}"))
+                .spawn(move || work(&context))
+                .map_err(|err| {
+                    crate::Error::Startup(format!("cannot start worker thread: {err}"))
+                })?;
+            handles.push(handle);
+        }
+        let pool = WorkerPool {
+            handles,
+            drain: Some(drain_sender),
+            abort: Some(abort_sender),
+            exited,
+        };
+        Ok((pool, Waker(wake_sender)))
+    }
+
+    /// From now on workers finish what is due and exit when nothing more is.
+    pub fn begin_drain(&mut self) {
+        self.drain = None;
+    }
+
+    /// Running attempts are given up and their jobs put back as pending.
+    pub fn abort(&mut self) {
+        self.abort = None;
+    }
+
+    /// Closes (receives `Err`) once every worker thread has ended.
+    pub fn exited(&self) -> &Receiver<()> {
+        &self.exited
+    }
+
+    /// Waits for every worker; a worker's panic is reported, not swallowed.
+    pub fn join(self) {
+        for handle in self.handles {
+            let name = handle.thread().name().unwrap_or("worker").to_string();
+            if handle.join().is_err() {
+                error!("{name} panicked; its job, if any, is recovered at the next start");
+            }
+        }
+    }
+}
+
+fn work(context: &WorkerContext) {
+    let mut draining = false;
+    loop {
+        if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
+            return;
+        }
+        match context.store.claim_next_due(Timestamp::now()) {
+            Ok(Some(job)) => {
+                run_attempt(context, job);
+                continue;
+            }
+            Ok(None) if draining => return,
+            Ok(None) => {}
+            Err(err) => {
+                error!("cannot claim a job: {err}");
+                if draining {
+                    return;
+                }
+                wait_for_work(context, DATABASE_RETRY_WAIT, &mut draining);
+                continue;
+            }
+        }
+        let wait = match context.store.next_due_at() {
+            Ok(Some(due)) => Timestamp::now().until(due).min(MAX_IDLE_WAIT),
+            Ok(None) => MAX_IDLE_WAIT,
+            Err(err) => {
+                error!("cannot read the schedule: {err}");
+                DATABASE_RETRY_WAIT
+            }
+        };
+        wait_for_work(context, wait, &mut draining);
+    }
+}
+
+fn wait_for_work(context: &WorkerContext, wait: Duration, draining: &mut bool) {
+    select! {
+        recv(context.wake) -> message => {
+            // No waker left means no submit can come any more: finish what is due.
+            if message.is_err() {
+                *draining = true;
+            }
+        }
+        recv(context.drain) -> _ => *draining = true,
+        default(wait) => {}
+    }
+}
+
+/// Runs one attempt under the watchdog and records how it ended.
+fn run_attempt(context: &WorkerContext, job: Job) {
+    let attempt_number = job.retry_count + 1;
+    info!("job {} started (attempt {attempt_number})", job.id);
+    let started = Instant::now();
+    let end = match executor::start(&job) {
+        Err(err) => context.retry.after_failure(
+            &job,
+            format!("could not start the attempt: {err}"),
+            Timestamp::now(),
+        ),
+        Ok(attempt) => select! {
+            recv(attempt.done) -> outcome => match outcome {
+                Ok(Outcome::Succeeded(result)) => AttemptEnd::Succeeded { result },
+                Ok(Outcome::Failed(error)) => context.retry.after_failure(&job, error, Timestamp::now()),
+                Ok(Outcome::Cancelled) | Err(_) => context.retry.after_failure(
+                    &job,
+                    "the attempt ended without a result".into(),
+                    Timestamp::now(),
+                ),
+            },
+            recv(context.abort) -> _ => {
+                attempt.cancel();
+                AttemptEnd::Released {
+                    reason: "interrupted by server shutdown; the job runs again after restart".into(),
+                }
+            },
+            default(job.timeout()) => {
+                attempt.cancel();
+                AttemptEnd::TimedOut {
+                    error: format!("timed out after {} s (timeout_seconds)", job.timeout_seconds),
+                }
+            },
+        },
+    };
+    record(context, &job, &end, started.elapsed());
+}
+
+fn record(context: &WorkerContext, job: &Job, end: &AttemptEnd, elapsed: Duration) {
+    let id = &job.id;
+    let millis = elapsed.as_millis();
+    match context.store.finish_attempt(id, end, Timestamp::now()) {
+        Err(err) => {
+            error!("job {id}: cannot record the end of its attempt ({err}); it is recovered at the next start");
+            return;
+        }
+        Ok(false) => {
+            debug!("job {id} was deleted while running; its outcome is dropped");
+            return;
+        }
+        Ok(true) => {}
+    }
+    match end {
+        AttemptEnd::Succeeded { .. } => info!("job {id} succeeded in {millis} ms"),
+        AttemptEnd::Failed {
+            error,
+            retry_at: Some(at),
+        } => info!(
+            "job {id} failed in {millis} ms: {error}; retry {} of {} at {at}",
+            job.retry_count + 1,
+            job.max_retries
+        ),
+        AttemptEnd::Failed {
+            error,
+            retry_at: None,
+        } => warn!(
+            "job {id} failed in {millis} ms: {error}; no retries left ({} of {} used)",
+            job.retry_count, job.max_retries
+        ),
+        AttemptEnd::TimedOut { .. } => warn!("job {id} timed out after {} s", job.timeout_seconds),
+        AttemptEnd::Released { .. } => {
+            info!("job {id} interrupted by shutdown and put back as pending")
+        }
+    }
+}
+
+/// At start: attempts left `running` by a crash count as failed, then the normal retry rule
+/// applies. Returns how many jobs were recovered.
+pub fn recover_interrupted(store: &Store, retry: &RetryPolicy) -> Result<usize> {
+    let interrupted = store.running_jobs()?;
+    for job in &interrupted {
+        let now = Timestamp::now();
+        let error = "interrupted: the server stopped while this attempt was running".to_string();
+        let end = retry.after_failure(job, error, now);
+        store.finish_attempt(&job.id, &end, now)?;
+        match end {
+            AttemptEnd::Failed { retry_at: Some(at), .. } => warn!(
+                "job {} recovered: its attempt was interrupted by a crash; retry {} of {} at {at}",
+                job.id,
+                job.retry_count + 1,
+                job.max_retries
+            ),
+            _ => warn!(
+                "job {} recovered: its attempt was interrupted by a crash; no retries left, marked failed",
+                job.id
+            ),
+        }
+    }
+    Ok(interrupted.len())
+}
