@@ -467,11 +467,15 @@ mod tests {
 
     fn plan(store: &Store, sql: &str) -> String {
         let connection = store.lock();
-        let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
         // Unbound parameters are NULL; the plan does not depend on their values.
         let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
         let rows = statement
-            .query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(nulls), |row| {
+                row.get::<_, String>(3)
+            })
             .unwrap()
             .collect::<rusqlite::Result<Vec<_>>>()
             .unwrap();

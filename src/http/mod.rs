@@ -118,13 +118,7 @@ fn handle(state: &AppState, mut request: tiny_http::Request) {
         .next()
         .unwrap_or_default()
         .to_string();
-    let response = catch_unwind(AssertUnwindSafe(|| routes::route(state, &mut request)))
-        .unwrap_or_else(|_| {
-            Err(Error::Internal(format!(
-                "handler panicked on {method} {path}"
-            )))
-        })
-        .unwrap_or_else(|err| ApiResponse::from_error(&err));
+    let response = answer_or_500(|| routes::route(state, &mut request));
     let status = response.status;
     if let Err(err) = request.respond(response.into_tiny()) {
         debug!("could not send the response to {method} {path}: {err}");
@@ -133,4 +127,39 @@ fn handle(state: &AppState, mut request: tiny_http::Request) {
         "{method} {path} {status} {:.3}ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// Runs a handler so that an error becomes its JSON response and a panic becomes a JSON 500;
+/// either way the handler thread lives on. The panic hook has already logged the message.
+fn answer_or_500(handler: impl FnOnce() -> Result<ApiResponse>) -> ApiResponse {
+    catch_unwind(AssertUnwindSafe(handler))
+        .unwrap_or_else(|_| Err(Error::Internal("a request handler panicked".into())))
+        .unwrap_or_else(|err| ApiResponse::from_error(&err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_answers_a_json_500() {
+        let response = answer_or_500(|| panic!("boom"));
+        assert_eq!(response.status, 500);
+        assert_eq!(
+            response.body.as_deref(),
+            Some(
+                r#"{"error":{"code":"internal_error","message":"internal error; the server log has the details"}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn an_error_becomes_its_envelope() {
+        let response = answer_or_500(|| Err(Error::NotFound("no job with id x".into())));
+        assert_eq!(response.status, 404);
+        assert_eq!(
+            response.body.as_deref(),
+            Some(r#"{"error":{"code":"not_found","message":"no job with id x"}}"#)
+        );
+    }
 }
