@@ -15,7 +15,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 9] = [
+pub const VARIABLES: [Variable; 10] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -61,7 +61,22 @@ pub const VARIABLES: [Variable; 9] = [
         default: "30",
         meaning: "how long a graceful shutdown keeps draining jobs",
     },
+    Variable {
+        name: "DURABILITY",
+        default: "full",
+        meaning: "full: acknowledged jobs survive power loss; normal: they survive a crash",
+    },
 ];
+
+/// How hard a commit waits for the disk (SQLite's `synchronous` setting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is synced: acknowledged jobs survive power loss.
+    Full,
+    /// The log is synced at checkpoints only: acknowledged jobs survive a process crash, but
+    /// the last ones may be lost if the machine loses power.
+    Normal,
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -74,6 +89,7 @@ pub struct Config {
     pub retry_backoff_max: Duration,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub durability: Durability,
 }
 
 impl Config {
@@ -113,6 +129,7 @@ impl Config {
                 0,
                 86_400,
             )?),
+            durability: reader.durability("DURABILITY")?,
         })
     }
 }
@@ -167,6 +184,18 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             _ => Err(Error::Config {
                 variable: name,
                 message: format!("must be an integer from {min} to {max}, got {raw:?}"),
+            }),
+        }
+    }
+
+    fn durability(&self, name: &'static str) -> Result<Durability> {
+        let raw = self.raw(name);
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            _ => Err(Error::Config {
+                variable: name,
+                message: format!("must be full or normal, got {raw:?}"),
             }),
         }
     }
@@ -233,6 +262,7 @@ mod tests {
         assert_eq!(config.retry_backoff_max, Duration::from_millis(60_000));
         assert_eq!(config.max_body_bytes, 1 << 20);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.durability, Durability::Full);
     }
 
     #[test]

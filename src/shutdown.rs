@@ -31,7 +31,7 @@ pub fn run(
     signals: Receiver<()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<Exit> {
-    let store = Arc::new(Store::open(&config.database_path)?);
+    let store = Arc::new(Store::open(&config.database_path, config.durability)?);
     let retry = RetryPolicy {
         base: config.retry_backoff,
         cap: config.retry_backoff_max,

@@ -67,7 +67,7 @@ pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
     let job = NewJob::from_json(body, state.defaults, now)?;
     Simulation::from_payload(&job.payload)?;
     let id = uuid::Uuid::new_v4().to_string();
-    state.store.insert(&id, &job, now)?;
+    state.store.insert(id.clone(), &job, now)?;
     log::info!("job {id} submitted");
     // Wake a worker even for a scheduled job: an idle worker may be sleeping until a later
     // time and must recompute its wait.

@@ -1,0 +1,488 @@
+//! The SQLite store: the queue of record. Owns every SQL statement, the schema and its
+//! migrations. Knows the job model and SQLite; never HTTP.
+//!
+//! Two connections to one WAL database: every write goes through the mutex-guarded write
+//! connection in group-committed batches (`group_commit`), and reads use their own
+//! mutex-guarded connection, so a `GET` never waits for a disk sync.
+
+mod group_commit;
+mod row;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::job::{AttemptEnd, Job, JobStatus, NewJob};
+use crate::time::Timestamp;
+use group_commit::GroupCommit;
+use row::RawJob;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The columns `RawJob::from_row` reads, in its order. A macro so `concat!` can build
+/// `&'static str` statements that the query-plan test checks verbatim.
+macro_rules! job_columns {
+    () => {
+        "id, payload, status, created_at, started_at, finished_at, retry_count, \
+         max_retries, timeout_seconds, result, error_message, priority, run_at"
+    };
+}
+
+const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
+const LIST_ALL: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+);
+const LIST_BY_STATUS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+);
+/// `INDEXED BY` pins the partial indexes: without statistics the planner would pick the
+/// status index and walk every pending job.
+const CLAIM_NEXT_DUE: &str = concat!(
+    "UPDATE jobs SET status = 'running', started_at = ?1, finished_at = NULL,
+            result = NULL, error_message = NULL
+     WHERE seq = (SELECT seq FROM jobs INDEXED BY jobs_pending_by_priority
+                  WHERE status = 'pending' AND run_at <= ?1
+                  ORDER BY priority DESC, run_at, seq LIMIT 1)
+     RETURNING ",
+    job_columns!()
+);
+const NEXT_DUE_AT: &str =
+    "SELECT min(run_at) FROM jobs INDEXED BY jobs_pending_by_run_at WHERE status = 'pending'";
+const RUNNING_JOBS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status = 'running' ORDER BY seq"
+);
+const RESTART_JOB: &str = concat!(
+    "UPDATE jobs SET status = 'pending', retry_count = 0, run_at = ?2, started_at = NULL,
+            finished_at = NULL, result = NULL, error_message = NULL
+     WHERE id = ?1 RETURNING ",
+    job_columns!()
+);
+const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = ?1";
+const STATUS_OF_ID: &str = "SELECT status FROM jobs WHERE id = ?1";
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+const INSERT_JOB: &str = "INSERT INTO jobs
+        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)";
+/// Ends a running attempt. `?2` is the new status, or `released` for an attempt the server
+/// stopped, which goes back to `pending` without counting as a retry. A `pending` status with
+/// `?6` set is a retry after a failure: one more retry counted, due at `?6`.
+const FINISH_ATTEMPT: &str = "UPDATE jobs SET
+        status = CASE ?2 WHEN 'released' THEN 'pending' ELSE ?2 END,
+        finished_at = ?3,
+        result = ?4,
+        error_message = ?5,
+        retry_count = retry_count + (?6 IS NOT NULL),
+        run_at = coalesce(?6, run_at)
+     WHERE id = ?1 AND status = 'running'";
+
+pub struct Store {
+    writes: GroupCommit,
+    /// The read connection; the lock makes its statements one at a time.
+    reader: Mutex<Connection>,
+}
+
+/// One page of `GET /jobs`.
+pub struct Page {
+    pub jobs: Vec<Job>,
+    pub has_more: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        let open = || {
+            Connection::open(path).map_err(|err| {
+                Error::Startup(format!("cannot open database {}: {err}", path.display()))
+            })
+        };
+        let mut writer = open()?;
+        configure(&writer, durability)?;
+        schema::migrate(&mut writer)?;
+        let reader = open()?;
+        configure(&reader, durability)?;
+        reader.pragma_update(None, "query_only", true)?;
+        Ok(Store {
+            writes: GroupCommit::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable, so take it over.
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks that the database answers a real read.
+    pub fn ping(&self) -> Result<()> {
+        self.read()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+                row.get::<_, i64>(0)
+            })?;
+        Ok(())
+    }
+
+    /// Stores a new pending job. Returns after the commit, i.e. once the job is durable.
+    pub fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
+        let payload = serde_json::to_string(&job.payload)
+            .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
+        let run_at = job.run_at.unwrap_or(now).as_micros();
+        let (priority, max_retries, timeout_seconds) =
+            (job.priority, job.max_retries, job.timeout_seconds);
+        self.writes.write(move |connection| {
+            connection.prepare_cached(INSERT_JOB)?.execute(params![
+                id,
+                payload,
+                priority,
+                run_at,
+                now.as_micros(),
+                max_retries,
+                timeout_seconds
+            ])?;
+            Ok(())
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Job>> {
+        let raw = self
+            .read()
+            .prepare_cached(SELECT_BY_ID)?
+            .query_row([id], RawJob::from_row)
+            .optional()?;
+        raw.map(RawJob::into_job).transpose()
+    }
+
+    /// Jobs newest first, optionally of one status and older than the job `before`.
+    pub fn list(
+        &self,
+        status: Option<JobStatus>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page> {
+        let connection = self.read();
+        let before_seq = match before {
+            None => i64::MAX,
+            Some(id) => connection
+                .prepare_cached(SEQ_OF_ID)?
+                .query_row([id], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| {
+                    Error::Validation(format!(
+                        "before must be the id of an existing job; no job has id {id:?}"
+                    ))
+                })?,
+        };
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let raws = match status {
+            Some(status) => connection
+                .prepare_cached(LIST_BY_STATUS)?
+                .query_map(
+                    params![status.as_str(), before_seq, fetch],
+                    RawJob::from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            None => connection
+                .prepare_cached(LIST_ALL)?
+                .query_map(params![before_seq, fetch], RawJob::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        drop(connection);
+        let has_more = raws.len() > limit;
+        let jobs = raws
+            .into_iter()
+            .take(limit)
+            .map(RawJob::into_job)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page { jobs, has_more })
+    }
+
+    /// Marks the highest-priority due job `running` and returns it; `None` when nothing is due.
+    /// Select and update are one statement, so two workers never claim the same job.
+    pub fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
+        let raw = self.writes.write(move |connection| {
+            Ok(connection
+                .prepare_cached(CLAIM_NEXT_DUE)?
+                .query_row([now.as_micros()], RawJob::from_row)
+                .optional()?)
+        })?;
+        raw.map(RawJob::into_job).transpose()
+    }
+
+    /// When the earliest pending job becomes due (possibly in the past); `None` if none waits.
+    pub fn next_due_at(&self) -> Result<Option<Timestamp>> {
+        let micros: Option<i64> = self
+            .read()
+            .prepare_cached(NEXT_DUE_AT)?
+            .query_row([], |row| row.get(0))?;
+        Ok(micros.map(Timestamp::from_micros))
+    }
+
+    /// Records how a running attempt ended. Returns `false` when the job is no longer running
+    /// (deleted meanwhile), in which case nothing is written.
+    pub fn finish_attempt(&self, id: &str, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
+        let (status, result, error, retry_at) = match end {
+            AttemptEnd::Succeeded { result } => {
+                let encoded = serde_json::to_string(result)
+                    .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
+                ("success", Some(encoded), None, None)
+            }
+            AttemptEnd::Failed {
+                error,
+                retry_at: Some(at),
+            } => ("pending", None, Some(error.clone()), Some(at.as_micros())),
+            AttemptEnd::Failed {
+                error,
+                retry_at: None,
+            } => ("failed", None, Some(error.clone()), None),
+            AttemptEnd::TimedOut { error } => ("timeout", None, Some(error.clone()), None),
+            AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
+        };
+        let id = id.to_string();
+        let changed = self.writes.write(move |connection| {
+            Ok(connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
+                id,
+                status,
+                now.as_micros(),
+                result,
+                error,
+                retry_at
+            ])?)
+        })?;
+        Ok(changed > 0)
+    }
+
+    /// Manual retry: a `failed` or `timeout` job starts over with its full retry budget.
+    pub fn retry(&self, id: &str, now: Timestamp) -> Result<Job> {
+        let id = id.to_string();
+        let raw = self.writes.write(move |connection| {
+            let status: Option<String> = connection
+                .prepare_cached(STATUS_OF_ID)?
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            let status: JobStatus = status.ok_or_else(|| not_found(&id))?.parse()?;
+            if !status.is_retryable() {
+                return Err(Error::InvalidState(format!(
+                    "job {id} is {status}; only failed or timeout jobs can be retried"
+                )));
+            }
+            Ok(connection
+                .prepare_cached(RESTART_JOB)?
+                .query_row(params![id, now.as_micros()], RawJob::from_row)?)
+        })?;
+        raw.into_job()
+    }
+
+    /// Deletes a job and everything stored about it. Returns `false` if there was no such job.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        let deleted = self
+            .writes
+            .write(move |connection| Ok(connection.prepare_cached(DELETE_JOB)?.execute([id])?))?;
+        Ok(deleted > 0)
+    }
+
+    /// Jobs marked `running`: at start these are attempts a crash interrupted.
+    pub fn running_jobs(&self) -> Result<Vec<Job>> {
+        let raws = self
+            .read()
+            .prepare_cached(RUNNING_JOBS)?
+            .query_map([], RawJob::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raws.into_iter().map(RawJob::into_job).collect()
+    }
+}
+
+/// Per-connection settings. WAL lets the reader run beside the writer. `FULL` syncs the WAL on
+/// every commit, so an acknowledged job survives power loss; `NORMAL` syncs only at
+/// checkpoints, so it survives a process crash but may lose the last commits on power loss.
+fn configure(connection: &Connection, durability: Durability) -> Result<()> {
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Startup(format!(
+            "the database refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    Ok(())
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("no job with id {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A store on a fresh file, removed when dropped.
+    struct TempStore {
+        store: Store,
+        dir: std::path::PathBuf,
+    }
+
+    impl std::ops::Deref for TempStore {
+        type Target = Store;
+        fn deref(&self) -> &Store {
+            &self.store
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn temp_store() -> TempStore {
+        let dir = std::env::temp_dir().join(format!("mini-lambda-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("jobs.db"), Durability::Full).unwrap();
+        TempStore { store, dir }
+    }
+
+    fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
+        NewJob {
+            payload: json!({"n": priority}),
+            timeout_seconds: 5,
+            max_retries: 1,
+            priority,
+            run_at: run_at.map(Timestamp::from_micros),
+        }
+    }
+
+    fn plan(store: &Store, sql: &str) -> String {
+        let connection = store.read();
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        // Unbound parameters are NULL; the plan does not depend on their values.
+        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(nulls), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn claims_highest_priority_first_then_oldest() {
+        let store = temp_store();
+        let now = Timestamp::from_micros(1_000);
+        store.insert("low".into(), &new_job(0, None), now).unwrap();
+        store
+            .insert("high-1".into(), &new_job(5, None), now)
+            .unwrap();
+        store
+            .insert("high-2".into(), &new_job(5, None), now)
+            .unwrap();
+        store
+            .insert("future".into(), &new_job(9, Some(5_000)), now)
+            .unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| store.claim_next_due(now).unwrap())
+            .map(|job| job.id)
+            .collect();
+        assert_eq!(order, ["high-1", "high-2", "low"]);
+        assert_eq!(
+            store.next_due_at().unwrap(),
+            Some(Timestamp::from_micros(5_000))
+        );
+        let later = store
+            .claim_next_due(Timestamp::from_micros(5_000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (later.id.as_str(), later.status),
+            ("future", JobStatus::Running)
+        );
+    }
+
+    #[test]
+    fn finishing_a_deleted_job_writes_nothing() {
+        let store = temp_store();
+        let now = Timestamp::from_micros(1);
+        store.insert("a".into(), &new_job(0, None), now).unwrap();
+        store.claim_next_due(now).unwrap().unwrap();
+        assert!(store.delete("a").unwrap());
+        let end = AttemptEnd::Succeeded { result: json!(1) };
+        assert!(!store.finish_attempt("a", &end, now).unwrap());
+        assert!(store.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn pages_walk_newest_first_with_a_cursor() {
+        let store = temp_store();
+        for n in 0..5 {
+            store
+                .insert(
+                    format!("job-{n}"),
+                    &new_job(0, None),
+                    Timestamp::from_micros(n),
+                )
+                .unwrap();
+        }
+        let first = store.list(None, None, 2).unwrap();
+        let ids: Vec<&str> = first.jobs.iter().map(|job| job.id.as_str()).collect();
+        assert_eq!((ids, first.has_more), (vec!["job-4", "job-3"], true));
+        let last = store.list(None, Some("job-1"), 2).unwrap();
+        let ids: Vec<&str> = last.jobs.iter().map(|job| job.id.as_str()).collect();
+        assert_eq!((ids, last.has_more), (vec!["job-0"], false));
+        assert!(matches!(
+            store.list(None, Some("nope"), 2),
+            Err(Error::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn every_api_query_uses_an_index() {
+        let store = temp_store();
+        let cases = [
+            (LIST_ALL, "INTEGER PRIMARY KEY"),
+            (LIST_BY_STATUS, "jobs_by_status"),
+            (SELECT_BY_ID, "sqlite_autoindex_jobs_1"),
+            (SEQ_OF_ID, "sqlite_autoindex_jobs_1"),
+            (CLAIM_NEXT_DUE, "jobs_pending_by_priority"),
+            (NEXT_DUE_AT, "jobs_pending_by_run_at"),
+            (RUNNING_JOBS, "jobs_by_status"),
+        ];
+        for (sql, index) in cases {
+            let plan = plan(&store, sql);
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts:\n{plan}");
+        }
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused() {
+        let temp = temp_store();
+        let path = temp.dir.join("jobs.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path, Durability::Full),
+            Err(Error::Startup(_))
+        ));
+    }
+}

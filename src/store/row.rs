@@ -1,0 +1,76 @@
+//! Turning a `jobs` row into a `Job`: SQLite hands back text and integers; parsing them can
+//! fail on a damaged row, and that must be an error, never a panic.
+
+use rusqlite::Row;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::time::Timestamp;
+
+/// A row as SQLite returns it, before the text columns are parsed.
+pub struct RawJob {
+    id: String,
+    payload: String,
+    status: String,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    retry_count: u32,
+    max_retries: u32,
+    timeout_seconds: u32,
+    result: Option<String>,
+    error_message: Option<String>,
+    priority: u8,
+    run_at: i64,
+}
+
+impl RawJob {
+    pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {
+        Ok(RawJob {
+            id: row.get(0)?,
+            payload: row.get(1)?,
+            status: row.get(2)?,
+            created_at: row.get(3)?,
+            started_at: row.get(4)?,
+            finished_at: row.get(5)?,
+            retry_count: row.get(6)?,
+            max_retries: row.get(7)?,
+            timeout_seconds: row.get(8)?,
+            result: row.get(9)?,
+            error_message: row.get(10)?,
+            priority: row.get(11)?,
+            run_at: row.get(12)?,
+        })
+    }
+
+    pub fn into_job(self) -> Result<Job> {
+        let parse_json = |text: &str, column: &str| -> Result<Value> {
+            serde_json::from_str(text).map_err(|err| {
+                Error::CorruptRow(format!(
+                    "job {}: {column} is not valid JSON: {err}",
+                    self.id
+                ))
+            })
+        };
+        Ok(Job {
+            payload: parse_json(&self.payload, "payload")?,
+            result: self
+                .result
+                .as_deref()
+                .map(|text| parse_json(text, "result"))
+                .transpose()?,
+            status: self.status.parse()?,
+            created_at: Timestamp::from_micros(self.created_at),
+            started_at: self.started_at.map(Timestamp::from_micros),
+            finished_at: self.finished_at.map(Timestamp::from_micros),
+            retry_count: self.retry_count,
+            max_retries: self.max_retries,
+            timeout_seconds: self.timeout_seconds,
+            error_message: self.error_message,
+            priority: self.priority,
+            run_at: Timestamp::from_micros(self.run_at),
+            id: self.id,
+        })
+    }
+}

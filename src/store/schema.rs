@@ -1,0 +1,58 @@
+//! The schema and its migrations, keyed by `PRAGMA user_version`.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Schema migrations, applied in order. `PRAGMA user_version` records how many have run, so a
+/// database made by an older build is brought up to date at start. Append; never edit.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: jobs. `seq` orders jobs by submission and is the pagination key; `id` is the public UUID.
+    // Times are microseconds since the Unix epoch (UTC).
+    "CREATE TABLE jobs (
+        seq             INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        payload         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        run_at          INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        started_at      INTEGER,
+        finished_at     INTEGER,
+        retry_count     INTEGER NOT NULL DEFAULT 0,
+        max_retries     INTEGER NOT NULL,
+        timeout_seconds INTEGER NOT NULL,
+        result          TEXT,
+        error_message   TEXT
+     );
+     -- GET /jobs?status=X, newest first; also finds running jobs at recovery.
+     CREATE INDEX jobs_by_status ON jobs(status, seq);
+     -- Claiming: the highest priority due job, oldest first. Partial, so finished jobs cost nothing.
+     CREATE INDEX jobs_pending_by_priority ON jobs(priority DESC, run_at, seq) WHERE status = 'pending';
+     -- When the next scheduled job becomes due.
+     CREATE INDEX jobs_pending_by_run_at ON jobs(run_at) WHERE status = 'pending';",
+];
+
+/// Brings the schema up to date; refuses a database made by a newer build.
+pub fn migrate(connection: &mut Connection) -> Result<()> {
+    let applied: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        return Err(Error::Startup(format!(
+            "the database schema is version {applied}, newer than this build knows ({known}); \
+             use a newer mini-lambda-rust"
+        )));
+    }
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (index, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(applied.unsigned_abs() as usize)
+    {
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index + 1)?;
+        log::info!("applied database migration {}", index + 1);
+    }
+    transaction.commit()?;
+    Ok(())
+}
