@@ -126,30 +126,39 @@ fn work(context: &WorkerContext) {
         if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
             return;
         }
-        match context.store.claim_next_due(Timestamp::now()) {
-            Ok(Some(job)) => {
-                run_attempt(context, job);
-                continue;
-            }
-            Ok(None) if draining => return,
-            Ok(None) => {}
+        // A read first: most wake-ups (a job scheduled for later, a job another worker took)
+        // need no write, and reads never wait for a commit.
+        let now = Timestamp::now();
+        let next_due = match context.store.next_due_at() {
+            Ok(next_due) => next_due,
             Err(err) => {
-                error!("cannot claim a job: {err}");
+                error!("cannot read the schedule: {err}");
                 if draining {
                     return;
                 }
                 wait_for_work(context, DATABASE_RETRY_WAIT, &mut draining);
                 continue;
             }
-        }
-        let wait = match context.store.next_due_at() {
-            Ok(Some(due)) => Timestamp::now().until(due).min(MAX_IDLE_WAIT),
-            Ok(None) => MAX_IDLE_WAIT,
-            Err(err) => {
-                error!("cannot read the schedule: {err}");
-                DATABASE_RETRY_WAIT
-            }
         };
+        if next_due.is_some_and(|due| due <= now) {
+            match context.store.claim_next_due(now) {
+                Ok(Some(job)) => run_attempt(context, job),
+                // Another worker was quicker; look again.
+                Ok(None) => {}
+                Err(err) => {
+                    error!("cannot claim a job: {err}");
+                    if draining {
+                        return;
+                    }
+                    wait_for_work(context, DATABASE_RETRY_WAIT, &mut draining);
+                }
+            }
+            continue;
+        }
+        if draining {
+            return;
+        }
+        let wait = next_due.map_or(MAX_IDLE_WAIT, |due| now.until(due).min(MAX_IDLE_WAIT));
         wait_for_work(context, wait, &mut draining);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::http::request::query_pairs;
@@ -62,6 +62,13 @@ pub fn health(state: &AppState) -> ApiResponse {
     }
 }
 
+/// The `201` body of `POST /jobs`.
+#[derive(Serialize)]
+struct Submitted<'a> {
+    job_id: &'a str,
+    status: JobStatus,
+}
+
 pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
     let now = Timestamp::now();
     let job = NewJob::from_json(body, state.defaults, now)?;
@@ -72,10 +79,14 @@ pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
     // Wake a worker even for a scheduled job: an idle worker may be sleeping until a later
     // time and must recompute its wait.
     state.waker.job_queued();
-    Ok(
-        ApiResponse::json(201, &json!({"job_id": id, "status": JobStatus::Pending}))
-            .with_header("Location", format!("/jobs/{id}")),
+    Ok(ApiResponse::json(
+        201,
+        &Submitted {
+            job_id: &id,
+            status: JobStatus::Pending,
+        },
     )
+    .with_header("Location", format!("/jobs/{id}")))
 }
 
 pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {

@@ -24,9 +24,10 @@ use crate::worker::Waker;
 use handlers::AppState;
 use response::ApiResponse;
 
-/// Threads that take requests off tiny_http's queue. Handlers mostly wait on SQLite, so a
-/// few more than the cores keeps the connection mutex busy without piling up.
-const HANDLER_THREADS: usize = 8;
+/// Threads that take requests off tiny_http's queue. A submit waits for its group commit, and
+/// a commit can only batch the submits that are waiting, so this many threads is how many
+/// requests one disk sync can acknowledge. Idle threads cost a little memory and nothing else.
+pub const HANDLER_THREADS: usize = 64;
 
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,

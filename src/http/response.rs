@@ -74,9 +74,10 @@ impl ApiResponse {
     }
 
     pub fn into_tiny(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut response = tiny_http::Response::from_data(self.body.clone().unwrap_or_default())
+        let has_body = self.body.is_some();
+        let mut response = tiny_http::Response::from_data(self.body.unwrap_or_default())
             .with_status_code(self.status);
-        if self.body.is_some() {
+        if has_body {
             add_header(&mut response, "Content-Type", "application/json");
         }
         for (name, value) in &self.headers {
