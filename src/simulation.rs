@@ -1,10 +1,9 @@
 //! The simulated job: what a payload asks for (`duration_ms`, `should_fail`, `result`,
-//! `error_message`) and how it is carried out. The wait is a `recv_timeout` on a channel so that
-//! a timed-out or interrupted job frees its thread at once instead of sleeping on.
+//! `error_message`) and what it ends with. The waiting itself is the executor's, under the
+//! job's watchdog.
 
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -28,8 +27,6 @@ pub struct Simulation {
 pub enum SimulationEnd {
     Succeeded(Value),
     Failed(String),
-    /// The wait was woken before `duration` passed: the worker gave up on the job.
-    Cancelled,
 }
 
 impl Simulation {
@@ -81,14 +78,8 @@ impl Simulation {
         Ok(simulation)
     }
 
-    /// Waits `duration` on `cancel`; a message or a dropped sender ends the wait early.
-    pub fn run(self, cancel: &Receiver<()>) -> SimulationEnd {
-        if !self.duration.is_zero() {
-            match cancel.recv_timeout(self.duration) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return SimulationEnd::Cancelled,
-            }
-        }
+    /// How the simulated work ends once its `duration` has passed.
+    pub fn outcome(self) -> SimulationEnd {
         if self.should_fail {
             SimulationEnd::Failed(self.error_message)
         } else {
@@ -100,9 +91,7 @@ impl Simulation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::bounded;
     use serde_json::json;
-    use std::time::Instant;
 
     #[test]
     fn non_object_payloads_run_as_default_jobs() {
@@ -131,23 +120,11 @@ mod tests {
 
     #[test]
     fn outcome_follows_the_payload() {
-        let (_keep, cancel) = bounded::<()>(0);
-        let ok = Simulation::from_payload(&json!({"duration_ms": 0, "result": {"n": 1}})).unwrap();
-        assert_eq!(ok.run(&cancel), SimulationEnd::Succeeded(json!({"n": 1})));
-        let failing = Simulation::from_payload(
-            &json!({"duration_ms": 0, "should_fail": true, "error_message": "boom"}),
-        )
-        .unwrap();
-        assert_eq!(failing.run(&cancel), SimulationEnd::Failed("boom".into()));
-    }
-
-    #[test]
-    fn dropping_the_sender_wakes_the_wait_at_once() {
-        let (stop, cancel) = bounded::<()>(0);
-        let simulation = Simulation::from_payload(&json!({"duration_ms": 60_000})).unwrap();
-        let started = Instant::now();
-        drop(stop);
-        assert_eq!(simulation.run(&cancel), SimulationEnd::Cancelled);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let ok = Simulation::from_payload(&json!({"result": {"n": 1}})).unwrap();
+        assert_eq!(ok.outcome(), SimulationEnd::Succeeded(json!({"n": 1})));
+        let failing =
+            Simulation::from_payload(&json!({"should_fail": true, "error_message": "boom"}))
+                .unwrap();
+        assert_eq!(failing.outcome(), SimulationEnd::Failed("boom".into()));
     }
 }

@@ -122,45 +122,67 @@ impl WorkerPool {
 
 fn work(context: &WorkerContext) {
     let mut draining = false;
+    // A job claimed together with the previous job's outcome, to run next.
+    let mut claimed: Option<Job> = None;
     loop {
-        if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
-            return;
+        let job = match claimed.take() {
+            Some(job) => job,
+            None => match find_work(context, &mut draining) {
+                Next::Run(job) => job,
+                Next::LookAgain => continue,
+                Next::Stop => return,
+            },
+        };
+        claimed = run_and_record(context, job);
+    }
+}
+
+enum Next {
+    Run(Job),
+    LookAgain,
+    Stop,
+}
+
+/// The idle path: claim a due job, or wait until one is due or a wake-up arrives.
+fn find_work(context: &WorkerContext, draining: &mut bool) -> Next {
+    if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
+        return Next::Stop;
+    }
+    // A read first: most wake-ups (a job scheduled for later, a job another worker took)
+    // need no write, and reads never wait for a commit.
+    let now = Timestamp::now();
+    let next_due = match context.store.next_due_at() {
+        Ok(next_due) => next_due,
+        Err(err) => {
+            error!("cannot read the schedule: {err}");
+            return pause_after_error(context, draining);
         }
-        // A read first: most wake-ups (a job scheduled for later, a job another worker took)
-        // need no write, and reads never wait for a commit.
-        let now = Timestamp::now();
-        let next_due = match context.store.next_due_at() {
-            Ok(next_due) => next_due,
+    };
+    if next_due.is_some_and(|due| due <= now) {
+        return match context.store.claim_next_due(now) {
+            Ok(Some(job)) => Next::Run(job),
+            // Another worker was quicker.
+            Ok(None) => Next::LookAgain,
             Err(err) => {
-                error!("cannot read the schedule: {err}");
-                if draining {
-                    return;
-                }
-                wait_for_work(context, DATABASE_RETRY_WAIT, &mut draining);
-                continue;
+                error!("cannot claim a job: {err}");
+                pause_after_error(context, draining)
             }
         };
-        if next_due.is_some_and(|due| due <= now) {
-            match context.store.claim_next_due(now) {
-                Ok(Some(job)) => run_attempt(context, job),
-                // Another worker was quicker; look again.
-                Ok(None) => {}
-                Err(err) => {
-                    error!("cannot claim a job: {err}");
-                    if draining {
-                        return;
-                    }
-                    wait_for_work(context, DATABASE_RETRY_WAIT, &mut draining);
-                }
-            }
-            continue;
-        }
-        if draining {
-            return;
-        }
-        let wait = next_due.map_or(MAX_IDLE_WAIT, |due| now.until(due).min(MAX_IDLE_WAIT));
-        wait_for_work(context, wait, &mut draining);
     }
+    if *draining {
+        return Next::Stop;
+    }
+    let wait = next_due.map_or(MAX_IDLE_WAIT, |due| now.until(due).min(MAX_IDLE_WAIT));
+    wait_for_work(context, wait, draining);
+    Next::LookAgain
+}
+
+fn pause_after_error(context: &WorkerContext, draining: &mut bool) -> Next {
+    if *draining {
+        return Next::Stop;
+    }
+    wait_for_work(context, DATABASE_RETRY_WAIT, draining);
+    Next::LookAgain
 }
 
 fn wait_for_work(context: &WorkerContext, wait: Duration, draining: &mut bool) {
@@ -176,48 +198,42 @@ fn wait_for_work(context: &WorkerContext, wait: Duration, draining: &mut bool) {
     }
 }
 
-/// Runs one attempt under the watchdog and records how it ended.
-fn run_attempt(context: &WorkerContext, job: Job) {
-    let attempt_number = job.retry_count + 1;
-    info!("job {} started (attempt {attempt_number})", job.id);
+/// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
+/// aborted, claims the next due job in the same write.
+fn run_and_record(context: &WorkerContext, job: Job) -> Option<Job> {
+    info!("job {} started (attempt {})", job.id, job.retry_count + 1);
     let started = Instant::now();
-    let end = match executor::start(&job) {
-        Err(err) => context.retry.after_failure(
-            &job,
-            format!("could not start the attempt: {err}"),
-            Timestamp::now(),
-        ),
-        Ok(attempt) => select! {
-            recv(attempt.done) -> outcome => match outcome {
-                Ok(Outcome::Succeeded(result)) => AttemptEnd::Succeeded { result },
-                Ok(Outcome::Failed(error)) => context.retry.after_failure(&job, error, Timestamp::now()),
-                Ok(Outcome::Cancelled) | Err(_) => context.retry.after_failure(
-                    &job,
-                    "the attempt ended without a result".into(),
-                    Timestamp::now(),
-                ),
-            },
-            recv(context.abort) -> _ => {
-                attempt.cancel();
-                AttemptEnd::Released {
-                    reason: "interrupted by server shutdown; the job runs again after restart".into(),
-                }
-            },
-            default(job.timeout()) => {
-                attempt.cancel();
-                AttemptEnd::TimedOut {
-                    error: format!("timed out after {} s (timeout_seconds)", job.timeout_seconds),
-                }
-            },
+    let end = match executor::run_attempt(&job, &context.abort) {
+        Outcome::Succeeded(result) => AttemptEnd::Succeeded { result },
+        Outcome::Failed(error) => context.retry.after_failure(&job, error, Timestamp::now()),
+        Outcome::TimedOut => AttemptEnd::TimedOut {
+            error: format!(
+                "timed out after {} s (timeout_seconds)",
+                job.timeout_seconds
+            ),
+        },
+        Outcome::Interrupted => AttemptEnd::Released {
+            reason: "interrupted by server shutdown; the job runs again after restart".into(),
         },
     };
-    record(context, &job, &end, started.elapsed());
+    let elapsed = started.elapsed();
+    let now = Timestamp::now();
+    let (recorded, next) = if matches!(end, AttemptEnd::Released { .. }) {
+        (context.store.finish_attempt(&job.id, &end, now), None)
+    } else {
+        match context.store.finish_and_claim_next(&job.id, &end, now) {
+            Ok((recorded, next)) => (Ok(recorded), next),
+            Err(err) => (Err(err), None),
+        }
+    };
+    log_end(&job, &end, recorded, elapsed);
+    next
 }
 
-fn record(context: &WorkerContext, job: &Job, end: &AttemptEnd, elapsed: Duration) {
+fn log_end(job: &Job, end: &AttemptEnd, recorded: Result<bool>, elapsed: Duration) {
     let id = &job.id;
     let millis = elapsed.as_millis();
-    match context.store.finish_attempt(id, end, Timestamp::now()) {
+    match recorded {
         Err(err) => {
             error!("job {id}: cannot record the end of its attempt ({err}); it is recovered at the next start");
             return;
@@ -245,7 +261,9 @@ fn record(context: &WorkerContext, job: &Job, end: &AttemptEnd, elapsed: Duratio
             "job {id} failed in {millis} ms: {error}; no retries left ({} of {} used)",
             job.retry_count, job.max_retries
         ),
-        AttemptEnd::TimedOut { .. } => warn!("job {id} timed out after {} s", job.timeout_seconds),
+        AttemptEnd::TimedOut { .. } => {
+            warn!("job {id} timed out after {} s", job.timeout_seconds)
+        }
         AttemptEnd::Released { .. } => {
             info!("job {id} interrupted by shutdown and put back as pending")
         }

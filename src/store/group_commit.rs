@@ -29,6 +29,13 @@ type Work = Box<dyn FnOnce(Option<&Connection>) -> Deliver + Send>;
 /// Sends the result, or the commit's failure (`Some(message)`), to the waiting caller.
 type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// When a write's caller gets its result.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    AfterSync,
+    BeforeSync,
+}
+
 struct Waiting {
     work: Work,
     /// Tells this caller to lead the next batch.
@@ -62,6 +69,26 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.enqueue(write, Answer::AfterSync)
+    }
+
+    /// Like [`write`](Self::write), but answers as soon as the write has run in its batch,
+    /// without waiting for the sync. For writes whose loss in a crash is already handled (a
+    /// job's claim or outcome: crash recovery reruns the job). The write still commits with
+    /// its batch; a caller that happens to lead the batch still waits for the sync.
+    pub fn write_unsynced<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.enqueue(write, Answer::BeforeSync)
+    }
+
+    fn enqueue<T, F>(&self, write: F, answer: Answer) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let (reply, outcome) = bounded::<Result<T>>(1);
         let (lead, lead_signal) = bounded::<()>(1);
         let work: Work = Box::new(move |connection| {
@@ -71,6 +98,10 @@ impl GroupCommit {
                     "the database could not start a transaction".into(),
                 )),
             };
+            if answer == Answer::BeforeSync {
+                let _ = reply.send(result);
+                return Box::new(|_| {});
+            }
             Box::new(move |commit_failure| {
                 let delivered = match commit_failure {
                     None => result,

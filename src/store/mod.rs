@@ -210,25 +210,12 @@ impl Store {
     }
 
     /// Marks the highest-priority due job `running` and returns it; `None` when nothing is due.
-    /// Select and update are one statement, so two workers never claim the same job.
+    /// Writes go through one connection in order, so two workers never claim the same job.
     pub fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
-        let now = now.as_micros();
-        let raw = self.writes.write(move |connection| {
-            // One seek per priority, highest first: ten index lookups at worst.
-            for priority in (0..=MAX_PRIORITY).rev() {
-                let due: Option<i64> = connection
-                    .prepare_cached(DUE_AT_PRIORITY)?
-                    .query_row(params![priority, now], |row| row.get(0))
-                    .optional()?;
-                if let Some(seq) = due {
-                    let raw = connection
-                        .prepare_cached(START_ATTEMPT)?
-                        .query_row(params![seq, now], RawJob::from_row)?;
-                    return Ok(Some(raw));
-                }
-            }
-            Ok(None)
-        })?;
+        // Unsynced: a claim lost in a crash leaves the job pending, and it simply runs later.
+        let raw = self
+            .writes
+            .write_unsynced(move |connection| claim_in(connection, now))?;
         raw.map(RawJob::into_job).transpose()
     }
 
@@ -244,35 +231,28 @@ impl Store {
     /// Records how a running attempt ended. Returns `false` when the job is no longer running
     /// (deleted meanwhile), in which case nothing is written.
     pub fn finish_attempt(&self, id: &str, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
-        let (status, result, error, retry_at) = match end {
-            AttemptEnd::Succeeded { result } => {
-                let encoded = serde_json::to_string(result)
-                    .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
-                ("success", Some(encoded), None, None)
-            }
-            AttemptEnd::Failed {
-                error,
-                retry_at: Some(at),
-            } => ("pending", None, Some(error.clone()), Some(at.as_micros())),
-            AttemptEnd::Failed {
-                error,
-                retry_at: None,
-            } => ("failed", None, Some(error.clone()), None),
-            AttemptEnd::TimedOut { error } => ("timeout", None, Some(error.clone()), None),
-            AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
-        };
-        let id = id.to_string();
-        let changed = self.writes.write(move |connection| {
-            Ok(connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-                id,
-                status,
-                now.as_micros(),
-                result,
-                error,
-                retry_at
-            ])?)
+        let finish = Finish::new(id, end, now)?;
+        // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
+        // next start treats that attempt as interrupted. Readers see it only once committed.
+        self.writes
+            .write_unsynced(move |connection| finish.run(connection))
+    }
+
+    /// Records how an attempt ended and claims the next due job in the same write, so a busy
+    /// worker needs one trip through the writer per job. Returns what `finish_attempt` and
+    /// `claim_next_due` would.
+    pub fn finish_and_claim_next(
+        &self,
+        id: &str,
+        end: &AttemptEnd,
+        now: Timestamp,
+    ) -> Result<(bool, Option<Job>)> {
+        let finish = Finish::new(id, end, now)?;
+        let (recorded, raw) = self.writes.write_unsynced(move |connection| {
+            let recorded = finish.run(connection)?;
+            Ok((recorded, claim_in(connection, now)?))
         })?;
-        Ok(changed > 0)
+        Ok((recorded, raw.map(RawJob::into_job).transpose()?))
     }
 
     /// Manual retry: a `failed` or `timeout` job starts over with its full retry budget.
@@ -313,6 +293,78 @@ impl Store {
             .query_map([], RawJob::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         raws.into_iter().map(RawJob::into_job).collect()
+    }
+}
+
+/// Claims the highest-priority due job inside a write: one seek per priority, highest
+/// first, ten index lookups at worst.
+fn claim_in(connection: &Connection, now: Timestamp) -> Result<Option<RawJob>> {
+    let now = now.as_micros();
+    for priority in (0..=MAX_PRIORITY).rev() {
+        let due: Option<i64> = connection
+            .prepare_cached(DUE_AT_PRIORITY)?
+            .query_row(params![priority, now], |row| row.get(0))
+            .optional()?;
+        if let Some(seq) = due {
+            let raw = connection
+                .prepare_cached(START_ATTEMPT)?
+                .query_row(params![seq, now], RawJob::from_row)?;
+            return Ok(Some(raw));
+        }
+    }
+    Ok(None)
+}
+
+/// The end of an attempt, encoded for `FINISH_ATTEMPT`.
+struct Finish {
+    id: String,
+    status: &'static str,
+    finished_at: i64,
+    result: Option<String>,
+    error: Option<String>,
+    retry_at: Option<i64>,
+}
+
+impl Finish {
+    fn new(id: &str, end: &AttemptEnd, now: Timestamp) -> Result<Finish> {
+        let (status, result, error, retry_at) = match end {
+            AttemptEnd::Succeeded { result } => {
+                let encoded = serde_json::to_string(result)
+                    .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
+                ("success", Some(encoded), None, None)
+            }
+            AttemptEnd::Failed {
+                error,
+                retry_at: Some(at),
+            } => ("pending", None, Some(error.clone()), Some(at.as_micros())),
+            AttemptEnd::Failed {
+                error,
+                retry_at: None,
+            } => ("failed", None, Some(error.clone()), None),
+            AttemptEnd::TimedOut { error } => ("timeout", None, Some(error.clone()), None),
+            AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
+        };
+        Ok(Finish {
+            id: id.to_string(),
+            status,
+            finished_at: now.as_micros(),
+            result,
+            error,
+            retry_at,
+        })
+    }
+
+    /// Returns whether the job was still running (and so was updated).
+    fn run(&self, connection: &Connection) -> Result<bool> {
+        let changed = connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
+            self.id,
+            self.status,
+            self.finished_at,
+            self.result,
+            self.error,
+            self.retry_at
+        ])?;
+        Ok(changed > 0)
     }
 }
 
