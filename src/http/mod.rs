@@ -38,14 +38,9 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(config: &Config, store: Arc<Store>, waker: Waker) -> Result<HttpServer> {
-        let server = tiny_http::Server::http(config.server_addr).map_err(|err| {
+        let (server, local_addr) = listen(config.server_addr).map_err(|err| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         })?;
-        let local_addr = server
-            .server_addr()
-            .to_ip()
-            .copied()
-            .unwrap_or(config.server_addr);
         let server = Arc::new(server);
         let state = Arc::new(AppState {
             store,
@@ -97,6 +92,24 @@ impl HttpServer {
             }
         }
     }
+}
+
+/// Binds the address with `TCP_NODELAY` set on the listener, which accepted connections
+/// inherit on Linux: tiny_http writes a response over 1 KiB in several writes, and Nagle's
+/// algorithm with the client's delayed ACK would hold each such response back ~40 ms.
+fn listen(
+    addr: SocketAddr,
+) -> std::result::Result<(tiny_http::Server, SocketAddr), Box<dyn std::error::Error + Send + Sync>>
+{
+    let listener = std::net::TcpListener::bind(addr)?;
+    socket2::SockRef::from(&listener).set_nodelay(true)?;
+    let local_addr = listener.local_addr()?;
+    let server = tiny_http::Server::from_listener(
+        listener,
+        tiny_http::ListenAddr::from(local_addr),
+        tiny_http::ServerConfig::new_http(local_addr)?,
+    )?;
+    Ok((server, local_addr))
 }
 
 fn serve(server: &tiny_http::Server, state: &AppState) {
