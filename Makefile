@@ -1,4 +1,4 @@
-.PHONY: run test lint fmt ci
+.PHONY: run test lint fmt ci bench bench-quick
 
 run:
 	cargo run --release
@@ -15,3 +15,14 @@ fmt:
 
 ci:
 	bash .ci/run
+
+# The benchmark (examples/loadgen): ceiling, submit, end to end, latency, memory, scale.
+# Prints a table against the performance targets and writes target/bench/latest.json.
+bench:
+	cargo build --release --bins --examples
+	cargo run --release --example loadgen -- --full
+
+# The same phases, smaller: under a minute once built.
+bench-quick:
+	cargo build --release --bins --examples
+	cargo run --release --example loadgen -- --quick

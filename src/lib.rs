@@ -21,5 +21,5 @@ mod worker;
 
 pub use config::Config;
 pub use error::Error;
-pub use http::HANDLER_THREADS;
+pub use http::{listen as listen_http, HANDLER_THREADS};
 pub use shutdown::{run, Exit};

@@ -29,6 +29,13 @@ use response::ApiResponse;
 /// requests one disk sync can acknowledge. Idle threads cost a little memory and nothing else.
 pub const HANDLER_THREADS: usize = 64;
 
+/// Connection threads tiny_http keeps ready. Its pool (tiny_http_fork 0.12.17, "legacy")
+/// starts a new thread only when no thread is idle, and counts a woken thread as idle until
+/// it runs: a burst of more new connections than idle threads leaves the extra ones queued
+/// until some connection closes. Keeping this many threads idle makes such a burst need more
+/// than this many simultaneous new connections. An idle thread costs a few KiB.
+const CONNECTION_THREADS: usize = 256;
+
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     state: Arc<AppState>,
@@ -97,7 +104,9 @@ impl HttpServer {
 /// Binds the address with `TCP_NODELAY` set on the listener, which accepted connections
 /// inherit on Linux: tiny_http writes a response over 1 KiB in several writes, and Nagle's
 /// algorithm with the client's delayed ACK would hold each such response back ~40 ms.
-fn listen(
+///
+/// Public so the benchmark's bare ceiling server runs tiny_http exactly as configured here.
+pub fn listen(
     addr: SocketAddr,
 ) -> std::result::Result<(tiny_http::Server, SocketAddr), Box<dyn std::error::Error + Send + Sync>>
 {
@@ -107,7 +116,7 @@ fn listen(
     let server = tiny_http::Server::from_listener(
         listener,
         tiny_http::ListenAddr::from(local_addr),
-        tiny_http::ServerConfig::new_http(local_addr)?,
+        tiny_http::ServerConfig::new_http(local_addr)?.set_min_threads(CONNECTION_THREADS),
     )?;
     Ok((server, local_addr))
 }

@@ -1,0 +1,243 @@
+//! The benchmark of mini-lambda-rust (`make bench`, `make bench-quick`): measures a bare
+//! tiny_http server as the ceiling, then the real release binary (submit throughput, end to
+//! end, dispatch latency, memory, a large database), prints one table against the targets of
+//! the performance issue and writes it to `target/bench/latest.json`.
+//!
+//! This file owns the command line and the order of the phases; each phase is in `phases.rs`.
+//! Traffic goes only to servers it starts on 127.0.0.1, every loop is bounded in count and
+//! time, and every server it starts is stopped when it ends, also on error or Ctrl-C.
+//!
+//! ```text
+//! loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
+//! loadgen bare-server ADDR [THREADS]   the ceiling server (started by the benchmark itself)
+//! ```
+
+mod bare;
+mod client;
+mod db;
+mod error;
+mod interrupt;
+mod load;
+mod paths;
+mod phases;
+mod plan;
+mod report;
+mod rng;
+mod seed;
+mod servers;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use error::{Error, Result};
+use paths::Paths;
+use phases::Bench;
+use plan::{Mode, Plan};
+use report::{Failure, Results};
+use rng::Rng;
+
+const USAGE: &str = "\
+usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
+       loadgen bare-server ADDR [THREADS]
+
+  --full          the figures of the performance issue (default; a few minutes)
+  --quick         the same phases, smaller (under a minute)
+  --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale
+  --server PATH   the server binary (default: target/release/mini-lambda-rust)
+  --keep          keep the temporary directory (databases, server logs) and print its path
+
+  LOADGEN_SERVER_LOG=FILTER sets the servers' RUST_LOG (default mini_lambda_rust=warn)";
+
+/// The phases in the order they run; `--only` names them.
+const PHASES: [&str; 6] = [
+    "ceiling",
+    "submit",
+    "normal",
+    "end-to-end",
+    "dispatch",
+    "scale",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("bare-server") {
+        let addr = args.get(1).map_or("127.0.0.1:0", String::as_str);
+        let threads = match args.get(2).map(|text| text.parse::<usize>()) {
+            None => 8,
+            Some(Ok(threads)) if threads > 0 => threads,
+            Some(_) => {
+                eprintln!("bare-server: THREADS must be a positive number\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        return match bare::serve(addr, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("bare-server: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("error: {err}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    interrupt::install();
+    match run(options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Options {
+    mode: Mode,
+    server: Option<PathBuf>,
+    only: Option<Vec<String>>,
+    keep: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        mode: Mode::Full,
+        server: None,
+        only: None,
+        keep: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--full" => options.mode = Mode::Full,
+            "--quick" => options.mode = Mode::Quick,
+            "--keep" => options.keep = true,
+            "--server" => {
+                let path = args
+                    .next()
+                    .ok_or_else(|| Error::new("--server needs a path"))?;
+                options.server = Some(PathBuf::from(path));
+            }
+            "--only" => {
+                let list = args
+                    .next()
+                    .ok_or_else(|| Error::new("--only needs phase names"))?;
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(|name| name.trim().to_string())
+                    .collect();
+                if let Some(unknown) = names.iter().find(|name| !PHASES.contains(&name.as_str())) {
+                    return Err(Error::new(format!("unknown phase {unknown:?}")));
+                }
+                options.only = Some(names);
+            }
+            other => return Err(Error::new(format!("unknown argument {other:?}"))),
+        }
+    }
+    Ok(options)
+}
+
+/// Runs every phase, prints and writes the report. `Ok(false)` when a phase failed: the report
+/// is still written, with that phase's figures marked ERROR.
+fn run(options: Options) -> Result<bool> {
+    let started = Instant::now();
+    let mode = options.mode;
+    let paths = Paths::discover(options.server, options.keep)?;
+    let mut bench = Bench {
+        plan: Plan::new(mode),
+        paths,
+        // Fixed seed: two runs fill the scale database with the same shape of data.
+        rng: Rng::new(0x5eed_1e55_ca1e),
+    };
+    eprintln!(
+        "benchmarking {} ({} run)",
+        bench.paths.server.display(),
+        if mode == Mode::Quick { "quick" } else { "full" }
+    );
+    let wanted = |name: &str| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == name))
+    };
+    let mut results = Results {
+        skipped: PHASES.into_iter().filter(|name| !wanted(name)).collect(),
+        ..Results::default()
+    };
+    let failures = &mut results.failures;
+    // The ceiling first, on a machine no server has loaded yet.
+    if wanted("ceiling") {
+        results.ceiling = phase("ceiling", &mut bench, failures, phases::ceiling);
+    }
+    if wanted("submit") {
+        results.submit = phase("submit", &mut bench, failures, phases::submit);
+    }
+    if wanted("normal") {
+        results.normal = phase("normal", &mut bench, failures, phases::submit_normal);
+    }
+    if wanted("end-to-end") {
+        results.end_to_end = phase("end-to-end", &mut bench, failures, phases::end_to_end);
+    }
+    if wanted("dispatch") {
+        results.dispatch = phase("dispatch", &mut bench, failures, phases::dispatch);
+    }
+    if wanted("scale") {
+        results.scale = phase("scale", &mut bench, failures, phases::scale);
+    }
+
+    let rows = report::rows(&results, &bench.plan);
+    println!("\n{}", report::table(&rows));
+    for failure in &results.failures {
+        println!("phase {} failed: {}", failure.phase, failure.error);
+    }
+    let written = report::write_json(&bench.paths, &bench.plan, &rows, &results)?;
+    println!(
+        "written to {} after {:.0} s",
+        written.display(),
+        started.elapsed().as_secs_f64()
+    );
+    interrupt::check()?;
+    Ok(results.failures.is_empty())
+}
+
+/// Runs one phase; a failure is recorded and the run goes on, so one broken phase does not
+/// hide the others' figures. After an interrupt the remaining phases are skipped.
+fn phase<T>(
+    name: &'static str,
+    bench: &mut Bench,
+    failures: &mut Vec<Failure>,
+    measure: fn(&mut Bench) -> Result<T>,
+) -> Option<T> {
+    if interrupt::requested() {
+        return None;
+    }
+    eprintln!("{name}");
+    let phase_started = Instant::now();
+    match measure(bench) {
+        Ok(value) => {
+            eprintln!("  done in {:.1} s", phase_started.elapsed().as_secs_f64());
+            Some(value)
+        }
+        Err(err) => {
+            eprintln!(
+                "  FAILED after {:.1} s: {err}",
+                phase_started.elapsed().as_secs_f64()
+            );
+            failures.push(Failure {
+                phase: name,
+                error: err.to_string(),
+            });
+            None
+        }
+    }
+}
