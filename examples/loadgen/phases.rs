@@ -106,7 +106,10 @@ pub struct Fill {
 }
 
 pub struct Normal {
+    /// Median of the NORMAL windows.
     pub rate64: Rate,
+    /// Median of the FULL windows that alternated with them.
+    pub paired_full: Rate,
     /// Whether the server under test documents `DURABILITY`; if not, this run was FULL too.
     pub supported: bool,
 }
@@ -295,23 +298,60 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
     })
 }
 
-/// Submit at 64 connections on a fresh server with `DURABILITY=normal`.
+/// Rounds of the paired FULL/NORMAL comparison.
+const PAIRED_ROUNDS: usize = 3;
+
+/// FULL against NORMAL at 64 connections, paired: two fresh servers, one per durability, and
+/// their windows alternate (FULL, NORMAL, FULL, ...). On a shared machine the load drifts by
+/// more than the cost of syncing, so two runs seconds apart would compare the drift; the
+/// median of alternating windows compares the servers.
 pub fn submit_normal(bench: &mut Bench) -> Result<Normal> {
     let supported = documents_durability(&bench.paths.server);
-    let database = bench.fresh_database("submit-normal")?;
-    let server = bench.start_server(
+    let full_database = bench.fresh_database("submit-paired-full")?;
+    let full = bench.start_server("submit, paired FULL", &full_database, &[])?;
+    let normal_database = bench.fresh_database("submit-normal")?;
+    let normal = bench.start_server(
         "submit, DURABILITY=normal",
-        &database,
+        &normal_database,
         &[("DURABILITY", "normal")],
     )?;
     let request = client::request("POST", "/jobs", Some(SUBMIT_BODY));
-    progress("submit: 64 connections, DURABILITY=normal");
-    let rate64 = load::run(server.addr, 64, &request, 201, bench.window())?;
-    server.stop()?;
+    let window = Until::Window {
+        warmup: bench.plan.warmup,
+        window: bench.plan.window / 2,
+    };
+    let (mut full_rates, mut normal_rates) = (Vec::new(), Vec::new());
+    for round in 1..=PAIRED_ROUNDS {
+        progress(&format!(
+            "submit: FULL vs NORMAL, 64 connections, round {round} of {PAIRED_ROUNDS}"
+        ));
+        full_rates.push(Rate::from(&load::run(
+            full.addr, 64, &request, 201, window,
+        )?));
+        normal_rates.push(Rate::from(&load::run(
+            normal.addr,
+            64,
+            &request,
+            201,
+            window,
+        )?));
+    }
+    full.stop()?;
+    normal.stop()?;
     Ok(Normal {
-        rate64: Rate::from(&rate64),
+        rate64: median_rate(normal_rates),
+        paired_full: median_rate(full_rates),
         supported,
     })
+}
+
+/// The round with the median rate; errors of every round are kept in it.
+fn median_rate(mut rates: Vec<Rate>) -> Rate {
+    let errors: u64 = rates.iter().map(|rate| rate.errors).sum();
+    rates.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    let mut median = rates.swap_remove(rates.len() / 2);
+    median.errors = errors;
+    median
 }
 
 /// No-op jobs submitted over 64 connections for one window, then the time until every one of
