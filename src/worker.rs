@@ -5,9 +5,15 @@
 //! size costs no memory here; the wake channel only tells an idle worker "look again now".
 //! It is bounded: when it is full, enough wake-ups are already on their way.
 //!
+//! A job scheduled for later needs no wake-up when a sleeping worker will wake by itself before
+//! it is due: that worker reads the schedule when it wakes and sees the job. Each worker
+//! publishes when it will wake (`Sleepers`). The one duty that comes with it: a worker that
+//! wakes and takes a job is no longer watching the clock, so it hands the watch on first.
+//!
 //! Stopping uses dropped senders as signals: dropping the drain sender makes idle workers exit
 //! once nothing is due; dropping the abort sender makes busy workers give up their attempts.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -28,14 +34,45 @@ const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long to back off after the database failed, before trying again.
 const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
 
+/// A worker's slot while it is not sleeping.
+const AWAKE: i64 = i64::MIN;
+
+/// For each worker, when it will wake by itself (microseconds), or `AWAKE`. A slot is set just
+/// before the worker sleeps and reset as soon as it wakes, before it reads the database; both
+/// sides use `SeqCst` so that a waker that sees a sleeping worker's time knows the worker's
+/// next read comes after the waker's own commit.
+struct Sleepers(Box<[AtomicI64]>);
+
+impl Sleepers {
+    /// Whether some sleeping worker wakes by itself no later than `due`.
+    fn cover(&self, due: Timestamp) -> bool {
+        let due = due.as_micros();
+        self.0.iter().any(|slot| {
+            let wakes_at = slot.load(Ordering::SeqCst);
+            wakes_at != AWAKE && wakes_at <= due
+        })
+    }
+}
+
 /// Tells idle workers that a job may have become due. Cheap to clone, never blocks.
 #[derive(Clone)]
-pub struct Waker(Sender<()>);
+pub struct Waker {
+    sender: Sender<()>,
+    sleepers: Arc<Sleepers>,
+}
 
 impl Waker {
-    pub fn job_queued(&self) {
+    /// Called after a job due at `run_at` is committed.
+    pub fn job_queued(&self, run_at: Timestamp) {
+        if run_at > Timestamp::now() && self.sleepers.cover(run_at) {
+            return;
+        }
+        self.wake_one();
+    }
+
+    fn wake_one(&self) {
         // Full means every idle worker already has a wake-up waiting: nothing is lost.
-        let _ = self.0.try_send(());
+        let _ = self.sender.try_send(());
     }
 }
 
@@ -50,6 +87,10 @@ struct WorkerContext {
     store: Arc<Store>,
     retry: RetryPolicy,
     wake: Receiver<()>,
+    /// To hand the watch on to another idle worker.
+    waker: Waker,
+    /// This worker's slot in `waker.sleepers`.
+    slot: usize,
     drain: Receiver<()>,
     abort: Receiver<()>,
     /// Held until the thread ends; when every worker has dropped its clone, `exited` closes.
@@ -64,6 +105,11 @@ impl WorkerPool {
         retry: RetryPolicy,
     ) -> Result<(WorkerPool, Waker)> {
         let (wake_sender, wake) = bounded(count);
+        let sleepers = Sleepers((0..count).map(|_| AtomicI64::new(AWAKE)).collect());
+        let waker = Waker {
+            sender: wake_sender,
+            sleepers: Arc::new(sleepers),
+        };
         let (drain_sender, drain) = bounded(0);
         let (abort_sender, abort) = bounded(0);
         let (alive, exited) = bounded(0);
@@ -73,6 +119,8 @@ impl WorkerPool {
                 store: Arc::clone(&store),
                 retry,
                 wake: wake.clone(),
+                waker: waker.clone(),
+                slot: number - 1,
                 drain: drain.clone(),
                 abort: abort.clone(),
                 _alive: alive.clone(),
@@ -91,7 +139,7 @@ impl WorkerPool {
             abort: Some(abort_sender),
             exited,
         };
-        Ok((pool, Waker(wake_sender)))
+        Ok((pool, waker))
     }
 
     /// From now on workers finish what is due and exit when nothing more is.
@@ -160,7 +208,10 @@ fn find_work(context: &WorkerContext, draining: &mut bool) -> Next {
     };
     if next_due.is_some_and(|due| due <= now) {
         return match context.store.claim_next_due(now) {
-            Ok(Some(job)) => Next::Run(job),
+            Ok(Some(job)) => {
+                hand_over_the_watch(context);
+                Next::Run(job)
+            }
             // Another worker was quicker.
             Ok(None) => Next::LookAgain,
             Err(err) => {
@@ -172,20 +223,43 @@ fn find_work(context: &WorkerContext, draining: &mut bool) -> Next {
     if *draining {
         return Next::Stop;
     }
-    let wait = next_due.map_or(MAX_IDLE_WAIT, |due| now.until(due).min(MAX_IDLE_WAIT));
-    wait_for_work(context, wait, draining);
+    let latest = now.plus(MAX_IDLE_WAIT);
+    let wakes_at = next_due.map_or(latest, |due| due.min(latest));
+    wait_for_work(context, wakes_at, draining);
     Next::LookAgain
+}
+
+/// This worker is about to run a job after sleeping, so it may have been the one a submit
+/// counted on to wake for a scheduled job. If no other sleeping worker wakes by the next due
+/// time, one is woken to take over the watch.
+fn hand_over_the_watch(context: &WorkerContext) {
+    match context.store.next_due_at() {
+        Ok(None) => {}
+        Ok(Some(next_due)) if context.waker.sleepers.cover(next_due) => {}
+        Ok(Some(_)) | Err(_) => context.waker.wake_one(),
+    }
 }
 
 fn pause_after_error(context: &WorkerContext, draining: &mut bool) -> Next {
     if *draining {
         return Next::Stop;
     }
-    wait_for_work(context, DATABASE_RETRY_WAIT, draining);
+    wait_for_work(
+        context,
+        Timestamp::now().plus(DATABASE_RETRY_WAIT),
+        draining,
+    );
     Next::LookAgain
 }
 
-fn wait_for_work(context: &WorkerContext, wait: Duration, draining: &mut bool) {
+/// Sleeps until `wakes_at`, a wake-up message, or the start of the drain. While asleep the
+/// worker's slot says when it will look at the schedule again: exactly the next due time, so
+/// that a job due then or later needs no wake-up.
+fn wait_for_work(context: &WorkerContext, wakes_at: Timestamp, draining: &mut bool) {
+    let slot = &context.waker.sleepers.0[context.slot];
+    slot.store(wakes_at.as_micros(), Ordering::SeqCst);
+    debug!("idle until {wakes_at} unless woken");
+    let wait = Timestamp::now().until(wakes_at);
     select! {
         recv(context.wake) -> message => {
             // No waker left means no submit can come any more: finish what is due.
@@ -196,6 +270,7 @@ fn wait_for_work(context: &WorkerContext, wait: Duration, draining: &mut bool) {
         recv(context.drain) -> _ => *draining = true,
         default(wait) => {}
     }
+    slot.store(AWAKE, Ordering::SeqCst);
 }
 
 /// Runs one attempt under the watchdog, records how it ended and, unless the pool is being

@@ -493,3 +493,37 @@ fn workers_run_jobs_concurrently_up_to_worker_count() {
         "a third job started while both workers were busy: {jobs:?}"
     );
 }
+
+/// A job scheduled for later wakes no worker when a sleeping worker will wake by itself
+/// before it is due. That worker must hand the watch on when it takes other work. Two workers:
+/// the first submit makes one of them the watcher; the long high-priority job and the short
+/// ones are all covered by it. When it wakes and takes the long job, the other worker must run
+/// the short ones on time instead of sleeping on.
+#[test]
+fn a_worker_that_takes_a_long_job_hands_the_schedule_to_an_idle_one() {
+    let server = TestServer::builder().env("WORKER_COUNT", "2").start();
+    let due = now_micros() + 1_500_000;
+    let short_first = server.submit(json!({
+        "payload": {"duration_ms": 0}, "run_at": format_ts(due)
+    }));
+    // Both workers went idle at start; wait for the one woken by this submit to go idle again,
+    // now watching for `due`, so that the next submits count on it.
+    eventually(secs(5), "a worker idle until the first job is due", || {
+        (server.stderr_text().matches("idle until").count() >= 3).then_some(())
+    });
+    let long = server.submit(json!({
+        "payload": {"duration_ms": 3000}, "run_at": format_ts(due), "priority": 9
+    }));
+    let short_later = server.submit(json!({
+        "payload": {"duration_ms": 0}, "run_at": format_ts(due + 1_000_000)
+    }));
+    for id in [&short_first, &short_later] {
+        let done = server.wait_for_status(id, "success", secs(6));
+        let late = ts(&done, "started_at") - ts(&done, "run_at");
+        assert!(
+            (0..500_000).contains(&late),
+            "started {late} µs after its run_at while a worker was idle: {done}"
+        );
+    }
+    assert_eq!(server.job(&long)["status"], "running");
+}

@@ -76,9 +76,7 @@ pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
     let id = uuid::Uuid::new_v4().to_string();
     state.store.insert(id.clone(), &job, now)?;
     log::info!("job {id} submitted");
-    // Wake a worker even for a scheduled job: an idle worker may be sleeping until a later
-    // time and must recompute its wait.
-    state.waker.job_queued();
+    state.waker.job_queued(job.run_at.unwrap_or(now));
     Ok(ApiResponse::json(
         201,
         &Submitted {
@@ -155,7 +153,7 @@ pub fn retry(state: &AppState, id: &str) -> Result<ApiResponse> {
         "job {id} retried by request; retry budget reset to {}",
         job.max_retries
     );
-    state.waker.job_queued();
+    state.waker.job_queued(job.run_at);
     Ok(ApiResponse::json(202, &job))
 }
 
