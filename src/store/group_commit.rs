@@ -18,7 +18,7 @@
 use std::mem;
 use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_channel::{bounded, select, Sender};
+use crossbeam_channel::bounded;
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
@@ -38,8 +38,14 @@ enum Answer {
 
 struct Waiting {
     work: Work,
-    /// Tells this caller to lead the next batch.
-    lead: Sender<()>,
+    /// Tells this caller to lead the next batch. Never blocks.
+    lead: Box<dyn Fn() + Send>,
+}
+
+/// What a waiting caller receives, on one channel: its result, or the call to lead.
+enum Message<T> {
+    Done(Result<T>),
+    Lead,
 }
 
 #[derive(Default)]
@@ -89,8 +95,13 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let (reply, outcome) = bounded::<Result<T>>(1);
-        let (lead, lead_signal) = bounded::<()>(1);
+        // One slot is enough: a caller is called to lead only while its write is still queued,
+        // and reads that call before, as leader, it delivers its own result.
+        let (reply, outcome) = bounded::<Message<T>>(1);
+        let lead_reply = reply.clone();
+        let lead = Box::new(move || {
+            let _ = lead_reply.try_send(Message::Lead);
+        });
         let work: Work = Box::new(move |connection| {
             let result = match connection {
                 Some(connection) => write(connection),
@@ -99,7 +110,7 @@ impl GroupCommit {
                 )),
             };
             if answer == Answer::BeforeSync {
-                let _ = reply.send(result);
+                let _ = reply.send(Message::Done(result));
                 return Box::new(|_| {});
             }
             Box::new(move |commit_failure| {
@@ -109,7 +120,7 @@ impl GroupCommit {
                         "the database could not commit: {message}"
                     ))),
                 };
-                let _ = reply.send(delivered);
+                let _ = reply.send(Message::Done(delivered));
             })
         });
         let leading = {
@@ -117,20 +128,16 @@ impl GroupCommit {
             queue.waiting.push(Waiting { work, lead });
             !mem::replace(&mut queue.leader_active, true)
         };
-        if !leading {
-            select! {
-                recv(outcome) -> result => return result.unwrap_or_else(|_| Err(lost_write())),
-                recv(lead_signal) -> signal => {
-                    // A closed channel is not a call to lead: the batch holding this write
-                    // has taken it (and dropped its sender) and will deliver the result.
-                    if signal.is_err() {
-                        return outcome.recv().unwrap_or_else(|_| Err(lost_write()));
-                    }
-                }
+        if leading {
+            self.lead_one_batch();
+        }
+        loop {
+            match outcome.recv() {
+                Ok(Message::Done(result)) => return result,
+                Ok(Message::Lead) => self.lead_one_batch(),
+                Err(_) => return Err(lost_write()),
             }
         }
-        self.lead_one_batch();
-        outcome.recv().unwrap_or_else(|_| Err(lost_write()))
     }
 
     fn lead_one_batch(&self) {
@@ -230,10 +237,7 @@ impl Drop for HandOff<'_> {
     fn drop(&mut self) {
         let mut queue = lock(&self.0.queue);
         match queue.waiting.first() {
-            Some(next) => {
-                // Never blocks: each caller is called to lead at most once, into a channel of one.
-                let _ = next.lead.try_send(());
-            }
+            Some(next) => (next.lead)(),
             None => queue.leader_active = false,
         }
     }
