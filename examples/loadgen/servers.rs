@@ -22,21 +22,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The variables the real server reads. Removed from the inherited environment so a setting in
-/// the shell that runs `make bench` cannot change what is measured.
-const SERVER_VARIABLES: [&str; 11] = [
-    "SERVER_ADDR",
-    "DATABASE_URL",
-    "WORKER_COUNT",
-    "DEFAULT_TIMEOUT_SECONDS",
-    "DEFAULT_MAX_RETRIES",
-    "RETRY_BACKOFF_MS",
-    "RETRY_BACKOFF_MAX_MS",
-    "MAX_BODY_BYTES",
-    "SHUTDOWN_GRACE_SECONDS",
-    "DURABILITY",
-    "RUST_LOG",
-];
+/// The variables the real server reads (its own table), and its log filter. Removed from the
+/// inherited environment so a setting in the shell that runs `make bench` cannot change what
+/// is measured.
+fn server_variables() -> impl Iterator<Item = &'static str> {
+    mini_lambda_rust::config::VARIABLES
+        .iter()
+        .map(|variable| variable.name)
+        .chain(["RUST_LOG"])
+}
 
 /// How to start a server process.
 pub struct Spec<'a> {
@@ -81,7 +75,7 @@ impl Server {
             // Its own process group: a Ctrl-C in the terminal reaches only the loadgen, which
             // then stops the server itself (a SIGINT would start the server's drain mid-run).
             .process_group(0);
-        for variable in SERVER_VARIABLES {
+        for variable in server_variables() {
             command.env_remove(variable);
         }
         command.envs(spec.env.iter().map(|(key, value)| (key, value)));

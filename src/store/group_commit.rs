@@ -282,7 +282,7 @@ mod tests {
     /// A group commit over a one-table database file, deleted on drop.
     struct Table {
         commit: GroupCommit,
-        dir: std::path::PathBuf,
+        _dir: crate::store::test_dir::TestDir,
     }
 
     impl std::ops::Deref for Table {
@@ -292,17 +292,10 @@ mod tests {
         }
     }
 
-    impl Drop for Table {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     fn table() -> Table {
         // A file with synced commits makes batches slow enough for writers to pile up.
-        let dir = std::env::temp_dir().join(format!("group-commit-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let connection = Connection::open(dir.join("t.db")).unwrap();
+        let dir = crate::store::test_dir::TestDir::new("group-commit");
+        let connection = Connection::open(dir.path().join("t.db")).unwrap();
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
@@ -311,7 +304,7 @@ mod tests {
             .unwrap();
         Table {
             commit: GroupCommit::new(connection),
-            dir,
+            _dir: dir,
         }
     }
 

@@ -8,6 +8,8 @@
 mod group_commit;
 mod row;
 mod schema;
+#[cfg(test)]
+mod test_dir;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -400,10 +402,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A store on a fresh file, removed when dropped.
+    /// A store on a fresh file in its own directory, removed when dropped.
     struct TempStore {
         store: Store,
-        dir: std::path::PathBuf,
+        dir: test_dir::TestDir,
     }
 
     impl std::ops::Deref for TempStore {
@@ -413,16 +415,9 @@ mod tests {
         }
     }
 
-    impl Drop for TempStore {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     fn temp_store() -> TempStore {
-        let dir = std::env::temp_dir().join(format!("mini-lambda-store-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("jobs.db"), Durability::Full).unwrap();
+        let dir = test_dir::TestDir::new("store");
+        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full).unwrap();
         TempStore { store, dir }
     }
 
@@ -578,7 +573,7 @@ mod tests {
     #[test]
     fn a_database_from_the_first_schema_is_migrated_and_keeps_its_jobs() {
         let temp = temp_store();
-        let path = temp.dir.join("old.db");
+        let path = temp.dir.path().join("old.db");
         let old = Connection::open(&path).unwrap();
         old.execute_batch(schema::MIGRATIONS[0]).unwrap();
         old.pragma_update(None, "user_version", 1).unwrap();
@@ -606,7 +601,7 @@ mod tests {
     #[test]
     fn a_database_from_a_newer_build_is_refused() {
         let temp = temp_store();
-        let path = temp.dir.join("jobs.db");
+        let path = temp.dir.path().join("jobs.db");
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", 99)

@@ -25,19 +25,13 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to print its `listening on` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Every configuration variable the server reads. Removed from the inherited
-/// environment before each spawn so the host environment cannot leak in.
-pub const CONFIG_VARS: [&str; 9] = [
-    "SERVER_ADDR",
-    "DATABASE_URL",
-    "WORKER_COUNT",
-    "DEFAULT_TIMEOUT_SECONDS",
-    "DEFAULT_MAX_RETRIES",
-    "RETRY_BACKOFF_MS",
-    "RETRY_BACKOFF_MAX_MS",
-    "MAX_BODY_BYTES",
-    "SHUTDOWN_GRACE_SECONDS",
-];
+/// Every configuration variable the server reads (its own table, so none is missed). Removed
+/// from the inherited environment before each spawn so the host environment cannot leak in.
+pub fn config_vars() -> impl Iterator<Item = &'static str> {
+    mini_lambda_rust::config::VARIABLES
+        .iter()
+        .map(|variable| variable.name)
+}
 
 /// The fields of a job as every endpoint returns it.
 pub const JOB_FIELDS: [&str; 13] = [
@@ -583,7 +577,7 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Fi
     let dir = unique_temp_dir();
     let mut cmd = Command::new(BIN);
     cmd.args(args).current_dir(&dir);
-    for var in CONFIG_VARS {
+    for var in config_vars() {
         cmd.env_remove(var);
     }
     cmd.env_remove("RUST_LOG");
@@ -715,7 +709,7 @@ impl TestServer {
     fn spawn(&mut self) {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(&self.dir);
-        for var in CONFIG_VARS {
+        for var in config_vars() {
             cmd.env_remove(var);
         }
         cmd.env("SERVER_ADDR", "127.0.0.1:0")
