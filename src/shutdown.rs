@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
 use log::{info, warn};
@@ -14,6 +15,9 @@ use crate::http::HttpServer;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use crate::worker::{self, WorkerPool};
+
+/// How long the end of shutdown waits for HTTP handler threads to finish what they are doing.
+const HTTP_STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How the server ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +74,10 @@ pub fn run(
         },
     }
     pool.join();
-    server.stop();
+    if !server.stop(HTTP_STOP_PATIENCE, &signals) {
+        warn!("second signal: exiting now");
+        return Ok(Exit::Forced);
+    }
     info!("stopped");
     Ok(Exit::Graceful)
 }

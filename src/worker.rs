@@ -33,6 +33,9 @@ use crate::time::Timestamp;
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long to back off after the database failed, before trying again.
 const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// How many times a worker tries to record an attempt's outcome before leaving the job to
+/// crash recovery at the next start.
+const RECORD_ATTEMPTS: usize = 3;
 
 /// A worker's slot while it is not sleeping.
 const AWAKE: i64 = i64::MIN;
@@ -170,19 +173,32 @@ impl WorkerPool {
 
 fn work(context: &WorkerContext) {
     let mut draining = false;
-    // A job claimed together with the previous job's outcome, to run next.
-    let mut claimed: Option<Job> = None;
+    let mut after = AfterAttempt::default();
+    // A due time this worker learned from its own write, kept until it has looked for work at
+    // that time through the writer, which sees it whether or not the reader does yet.
+    let mut known_due: Option<Timestamp> = None;
     loop {
-        let job = match claimed.take() {
+        let job = match after.next.take() {
             Some(job) => job,
-            None => match find_work(context, &mut draining) {
+            None => match find_work(context, &mut draining, &mut known_due) {
                 Next::Run(job) => job,
                 Next::LookAgain => continue,
                 Next::Stop => return,
             },
         };
-        claimed = run_and_record(context, job);
+        after = run_and_record(context, job);
+        known_due = known_due.into_iter().chain(after.next_due.take()).min();
     }
+}
+
+/// What a worker learned while recording an attempt.
+#[derive(Default)]
+struct AfterAttempt {
+    /// A job claimed together with the outcome, to run next.
+    next: Option<Job>,
+    /// When nothing was claimed: the next due time as the writer saw it, which the reader may
+    /// not see until the write's batch commits.
+    next_due: Option<Timestamp>,
 }
 
 enum Next {
@@ -191,8 +207,13 @@ enum Next {
     Stop,
 }
 
-/// The idle path: claim a due job, or wait until one is due or a wake-up arrives.
-fn find_work(context: &WorkerContext, draining: &mut bool) -> Next {
+/// The idle path: claim a due job, or wait until one is due or a wake-up arrives. `known_due`
+/// is a due time the worker learned from its own writes that the reader may not see yet.
+fn find_work(
+    context: &WorkerContext,
+    draining: &mut bool,
+    known_due: &mut Option<Timestamp>,
+) -> Next {
     if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
         return Next::Stop;
     }
@@ -200,13 +221,15 @@ fn find_work(context: &WorkerContext, draining: &mut bool) -> Next {
     // need no write, and reads never wait for a commit.
     let now = Timestamp::now();
     let next_due = match context.store.next_due_at() {
-        Ok(next_due) => next_due,
+        Ok(next_due) => next_due.into_iter().chain(*known_due).min(),
         Err(err) => {
             error!("cannot read the schedule: {err}");
             return pause_after_error(context, draining);
         }
     };
     if next_due.is_some_and(|due| due <= now) {
+        // The claim goes through the writer, which sees every due job, so the hint is spent.
+        *known_due = None;
         return match context.store.claim_next_due(now) {
             Ok(Some(job)) => {
                 hand_over_the_watch(context);
@@ -275,7 +298,7 @@ fn wait_for_work(context: &WorkerContext, wakes_at: Timestamp, draining: &mut bo
 
 /// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
 /// aborted, claims the next due job in the same write.
-fn run_and_record(context: &WorkerContext, job: Job) -> Option<Job> {
+fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     info!("job {} started (attempt {})", job.id, job.retry_count + 1);
     let started = Instant::now();
     let end = match executor::run_attempt(&job, &context.abort) {
@@ -293,16 +316,58 @@ fn run_and_record(context: &WorkerContext, job: Job) -> Option<Job> {
     };
     let elapsed = started.elapsed();
     let now = Timestamp::now();
-    let (recorded, next) = if matches!(end, AttemptEnd::Released { .. }) {
-        (context.store.finish_attempt(&job.id, &end, now), None)
+    let (recorded, after) = if matches!(end, AttemptEnd::Released { .. }) {
+        (
+            context.store.finish_attempt(&job, &end, now),
+            AfterAttempt::default(),
+        )
     } else {
-        match context.store.finish_and_claim_next(&job.id, &end, now) {
-            Ok((recorded, next)) => (Ok(recorded), next),
-            Err(err) => (Err(err), None),
+        match context.store.finish_and_claim_next(&job, &end, now) {
+            Ok(done) => (
+                Ok(done.recorded),
+                AfterAttempt {
+                    next: done.next,
+                    next_due: done.next_due,
+                },
+            ),
+            Err(err) => {
+                error!(
+                    "job {}: cannot record its outcome ({err}); trying again",
+                    job.id
+                );
+                (record_again(context, &job, &end), AfterAttempt::default())
+            }
         }
     };
+    if let (
+        Ok(true),
+        AttemptEnd::Failed {
+            retry_at: Some(at), ..
+        },
+    ) = (&recorded, &end)
+    {
+        // This worker may be busy with another job by then; make sure someone wakes for it.
+        context.waker.job_queued(*at);
+    }
     log_end(&job, &end, recorded, elapsed);
-    next
+    after
+}
+
+/// Retries recording an outcome a few times, a second apart (sooner if the pool is aborted), so
+/// that a passing database error does not leave the job `running` until the next start.
+fn record_again(context: &WorkerContext, job: &Job, end: &AttemptEnd) -> Result<bool> {
+    let mut last = context.store.finish_attempt(job, end, Timestamp::now());
+    for _ in 1..RECORD_ATTEMPTS {
+        if last.is_ok() {
+            break;
+        }
+        select! {
+            recv(context.abort) -> _ => break,
+            default(DATABASE_RETRY_WAIT) => {}
+        }
+        last = context.store.finish_attempt(job, end, Timestamp::now());
+    }
+    last
 }
 
 fn log_end(job: &Job, end: &AttemptEnd, recorded: Result<bool>, elapsed: Duration) {
@@ -353,7 +418,7 @@ pub fn recover_interrupted(store: &Store, retry: &RetryPolicy) -> Result<usize> 
         let now = Timestamp::now();
         let error = "interrupted: the server stopped while this attempt was running".to_string();
         let end = retry.after_failure(job, error, now);
-        store.finish_attempt(&job.id, &end, now)?;
+        store.finish_attempt(job, &end, now)?;
         match end {
             AttemptEnd::Failed { retry_at: Some(at), .. } => warn!(
                 "job {} recovered: its attempt was interrupted by a crash; retry {} of {} at {at}",

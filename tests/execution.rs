@@ -527,3 +527,43 @@ fn a_worker_that_takes_a_long_job_hands_the_schedule_to_an_idle_one() {
     }
     assert_eq!(server.job(&long)["status"], "running");
 }
+
+/// A worker that schedules a retry and finds nothing else due must wake for that retry even
+/// when its write was answered before the batch (led by another writer) committed. Other
+/// writes keep batches busy: a stream of deletes of unknown ids.
+#[test]
+fn retries_run_on_time_while_other_writes_keep_the_writer_busy() {
+    let server = TestServer::builder()
+        .env("WORKER_COUNT", "1")
+        .env("RETRY_BACKOFF_MS", "50")
+        .env("RETRY_BACKOFF_MAX_MS", "100")
+        .start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleters: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, stop) = (server.addr, std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // Bounded: the test stops it long before.
+                for _ in 0..20_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let path = format!("/jobs/{}", uuid::Uuid::new_v4());
+                    let _ = try_request(addr, "DELETE", &path, &[], None);
+                }
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        let id = server.submit(json!({
+            "payload": {"duration_ms": 0, "should_fail": true, "error_message": "again"},
+            "max_retries": 3
+        }));
+        let done = server.wait_for_status(&id, "failed", secs(4));
+        assert_eq!(done["retry_count"], 3, "round {round}: {done}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for deleter in deleters {
+        deleter.join().expect("deleter thread");
+    }
+}

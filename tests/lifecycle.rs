@@ -484,3 +484,30 @@ fn health_still_answers_after_many_requests() {
     let (jobs, _) = server.list("/jobs");
     assert_eq!(jobs.len(), 3);
 }
+
+/// A client that declares a body and stops sending must not hold the shutdown: the handler
+/// thread reading it is not waited for beyond a few seconds.
+#[test]
+fn a_stalled_request_body_does_not_hang_the_shutdown() {
+    let mut server = TestServer::builder()
+        .env("SHUTDOWN_GRACE_SECONDS", "1")
+        .start();
+    let mut stalled = std::net::TcpStream::connect(server.addr).expect("connect");
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"payload\":",
+    )
+    .expect("send a partial body");
+    // The handler is now blocked reading the rest of the body; the API still answers.
+    server.wait_healthy();
+    let signalled = Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(secs(15));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() < secs(10),
+        "shutdown took {:?}",
+        signalled.elapsed()
+    );
+    drop(stalled);
+}

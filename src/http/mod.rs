@@ -12,9 +12,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{debug, error, info};
+use crossbeam_channel::{bounded, select, Receiver};
+use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -36,10 +37,17 @@ pub const HANDLER_THREADS: usize = 64;
 /// than this many simultaneous new connections. An idle thread costs a few KiB.
 const CONNECTION_THREADS: usize = 256;
 
+/// How long a connection may stay silent (mid-request, or idle between keep-alive requests)
+/// and how long a response write may block. Without it a client that declares a body and
+/// stops sending holds a handler thread forever, and with it the shutdown.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     state: Arc<AppState>,
     handles: Vec<JoinHandle<()>>,
+    /// Closes (receives `Err`) once every handler thread has ended.
+    exited: Receiver<()>,
     local_addr: SocketAddr,
 }
 
@@ -60,12 +68,17 @@ impl HttpServer {
             shutting_down: AtomicBool::new(false),
         });
         let mut handles = Vec::with_capacity(HANDLER_THREADS);
+        let (alive, exited) = bounded::<()>(0);
         for number in 1..=HANDLER_THREADS {
             let server = Arc::clone(&server);
             let state = Arc::clone(&state);
+            let alive = alive.clone();
             let handle = thread::Builder::new()
                 .name(format!("http-{number}"))
-                .spawn(move || serve(&server, &state))
+                .spawn(move || {
+                    serve(&server, &state);
+                    drop(alive);
+                })
                 .map_err(|err| Error::Startup(format!("cannot start handler thread: {err}")))?;
             handles.push(handle);
         }
@@ -73,6 +86,7 @@ impl HttpServer {
             server,
             state,
             handles,
+            exited,
             local_addr,
         })
     }
@@ -86,23 +100,34 @@ impl HttpServer {
         self.state.shutting_down.store(true, Ordering::Release);
     }
 
-    /// Stops the handler threads and waits for them.
-    pub fn stop(self) {
+    /// Stops the handler threads and waits for them, for at most `patience`; returns early with
+    /// `false` if `interrupt` delivers (a second signal). Threads still busy after that are
+    /// left to the process exit: none of them holds an acknowledgement that has not been sent.
+    pub fn stop(self, patience: Duration, interrupt: &Receiver<()>) -> bool {
         self.refuse_new_requests();
         for _ in &self.handles {
             // Each call wakes one thread blocked in `recv`.
             let _ = self.server.unblock();
+        }
+        select! {
+            recv(self.exited) -> _ => {}
+            recv(interrupt) -> _ => return false,
+            default(patience) => {
+                warn!("some HTTP handler threads are still busy after {patience:?}; not waiting");
+                return true;
+            },
         }
         for handle in self.handles {
             if handle.join().is_err() {
                 error!("an HTTP handler thread panicked outside a request");
             }
         }
+        true
     }
 }
 
-/// Binds the address with `TCP_NODELAY` set on the listener, which accepted connections
-/// inherit on Linux: tiny_http writes a response over 1 KiB in several writes, and Nagle's
+/// Binds the address with `TCP_NODELAY` and `IO_TIMEOUT` set on the listener, which accepted
+/// connections inherit on Linux: tiny_http writes a response over 1 KiB in several writes, and Nagle's
 /// algorithm with the client's delayed ACK would hold each such response back ~40 ms.
 ///
 /// Public so the benchmark's bare ceiling server runs tiny_http exactly as configured here.
@@ -111,7 +136,11 @@ pub fn listen(
 ) -> std::result::Result<(tiny_http::Server, SocketAddr), Box<dyn std::error::Error + Send + Sync>>
 {
     let listener = std::net::TcpListener::bind(addr)?;
-    socket2::SockRef::from(&listener).set_nodelay(true)?;
+    let socket = socket2::SockRef::from(&listener);
+    socket.set_nodelay(true)?;
+    // Accepted sockets inherit the timeouts too (tiny_http sets none of its own).
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.set_write_timeout(Some(IO_TIMEOUT))?;
     let local_addr = listener.local_addr()?;
     let server = tiny_http::Server::from_listener(
         listener,
@@ -126,8 +155,13 @@ fn serve(server: &tiny_http::Server, state: &AppState) {
         match server.recv() {
             Ok(Ok(request)) => handle(state, request),
             Ok(Err(bad_request)) => debug!("unreadable request: {bad_request}"),
-            // `unblock` (one queued per thread at shutdown) or the server closing.
-            Err(_) => return,
+            // `unblock` (one queued per thread at shutdown), or tiny_http stopped accepting.
+            Err(err) => {
+                if !state.is_shutting_down() {
+                    error!("HTTP handler thread stopping: the server stopped accepting ({err})");
+                }
+                return;
+            }
         }
     }
 }

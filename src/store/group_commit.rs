@@ -147,19 +147,37 @@ impl GroupCommit {
         // Only one leader runs at a time, so this lock is never contended; a failed try_lock
         // would mean two leaders, a bug the tests must see.
         debug_assert!(
-            self.connection.try_lock().is_ok(),
+            !matches!(
+                self.connection.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            ),
             "two group-commit leaders"
         );
         let connection = lock(&self.connection);
         let transaction = Transaction::begin(&connection);
         match transaction {
             Ok(transaction) => {
+                // Some errors (disk full, I/O) make SQLite roll the whole transaction back by
+                // itself. The writes after that must not run outside it, in autocommit.
+                let mut rolled_back = false;
                 let deliveries: Vec<Deliver> = batch
                     .into_iter()
-                    .map(|waiting| (waiting.work)(Some(&connection)))
+                    .map(|waiting| {
+                        if rolled_back {
+                            return (waiting.work)(None);
+                        }
+                        let deliver = (waiting.work)(Some(&connection));
+                        rolled_back = connection.is_autocommit();
+                        deliver
+                    })
                     .collect();
                 let started = std::time::Instant::now();
-                let failure = transaction.commit().err().map(|err| err.to_string());
+                let failure = if rolled_back {
+                    transaction.abandon();
+                    Some("the transaction was rolled back by a write error".to_string())
+                } else {
+                    transaction.commit().err().map(|err| err.to_string())
+                };
                 log::trace!(
                     "committed {} write(s) in {:?}",
                     deliveries.len(),
@@ -215,6 +233,11 @@ impl<'c> Transaction<'c> {
         committed.map(|_| ())
     }
 
+    /// SQLite already ended the transaction; nothing to commit or roll back.
+    fn abandon(mut self) {
+        self.finished = true;
+    }
+
     fn rollback(&self) {
         if !self.connection.is_autocommit() {
             let _ = self.connection.execute_batch("ROLLBACK");
@@ -245,7 +268,6 @@ impl Drop for HandOff<'_> {
 
 /// Runs several statements as one write: on error their changes are undone and the rest of
 /// the batch stands.
-#[allow(dead_code)] // every write today has a single modifying statement
 pub fn in_savepoint<T>(
     connection: &Connection,
     write: impl FnOnce(&Connection) -> Result<T>,

@@ -21,7 +21,7 @@ use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::job::{AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
-use group_commit::GroupCommit;
+use group_commit::{in_savepoint, GroupCommit};
 use row::RawJob;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,7 +83,9 @@ const INSERT_JOB: &str = "INSERT INTO jobs
      VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)";
 /// Ends a running attempt. `?2` is the new status, or `released` for an attempt the server
 /// stopped, which goes back to `pending` without counting as a retry. A `pending` status with
-/// `?6` set is a retry after a failure: one more retry counted, due at `?6`.
+/// `?6` set is a retry after a failure: one more retry counted, due at `?6`. `?7` is the
+/// attempt's `started_at`: an outcome only lands on the attempt it belongs to, never on a
+/// later attempt of the same job (its claim can be lost when a batch fails to commit).
 const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         status = CASE ?2 WHEN 'released' THEN 'pending' ELSE ?2 END,
         finished_at = ?3,
@@ -91,12 +93,22 @@ const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         error_message = ?5,
         retry_count = retry_count + (?6 IS NOT NULL),
         run_at = coalesce(?6, run_at)
-     WHERE id = ?1 AND status = 'running'";
+     WHERE id = ?1 AND status = 'running' AND started_at IS ?7";
 
 pub struct Store {
     writes: GroupCommit,
     /// The read connection; the lock makes its statements one at a time.
     reader: Mutex<Connection>,
+}
+
+/// What `finish_and_claim_next` did.
+pub struct FinishAndClaim {
+    /// Whether the outcome was recorded (the attempt was still the job's running one).
+    pub recorded: bool,
+    /// The job claimed to run next.
+    pub next: Option<Job>,
+    /// When nothing was claimed: when the next pending job is due, as the writer sees it.
+    pub next_due: Option<Timestamp>,
 }
 
 /// One page of `GET /jobs`.
@@ -227,17 +239,13 @@ impl Store {
 
     /// When the earliest pending job becomes due (possibly in the past); `None` if none waits.
     pub fn next_due_at(&self) -> Result<Option<Timestamp>> {
-        let micros: Option<i64> = self
-            .read()
-            .prepare_cached(NEXT_DUE_AT)?
-            .query_row([], |row| row.get(0))?;
-        Ok(micros.map(Timestamp::from_micros))
+        next_due_in(&self.read())
     }
 
-    /// Records how a running attempt ended. Returns `false` when the job is no longer running
-    /// (deleted meanwhile), in which case nothing is written.
-    pub fn finish_attempt(&self, id: &str, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
-        let finish = Finish::new(id, end, now)?;
+    /// Records how a running attempt ended. Returns `false` when that attempt is no longer the
+    /// job's running one (the job was deleted meanwhile), in which case nothing is written.
+    pub fn finish_attempt(&self, job: &Job, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
+        let finish = Finish::new(job, end, now)?;
         // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
         // next start treats that attempt as interrupted. Readers see it only once committed.
         self.writes
@@ -245,20 +253,46 @@ impl Store {
     }
 
     /// Records how an attempt ended and claims the next due job in the same write, so a busy
-    /// worker needs one trip through the writer per job. Returns what `finish_attempt` and
-    /// `claim_next_due` would.
+    /// worker needs one trip through the writer per job. When nothing is due, also returns
+    /// when the next job will be, read inside the write: the reader connection cannot see it
+    /// yet if this write's batch has not committed (a retry it just scheduled, say).
     pub fn finish_and_claim_next(
         &self,
-        id: &str,
+        job: &Job,
         end: &AttemptEnd,
         now: Timestamp,
-    ) -> Result<(bool, Option<Job>)> {
-        let finish = Finish::new(id, end, now)?;
-        let (recorded, raw) = self.writes.write_unsynced(move |connection| {
-            let recorded = finish.run(connection)?;
-            Ok((recorded, claim_in(connection, now)?))
-        })?;
-        Ok((recorded, raw.map(RawJob::into_job).transpose()?))
+    ) -> Result<FinishAndClaim> {
+        let finish = Finish::new(job, end, now)?;
+        let write = move |connection: &Connection| {
+            in_savepoint(connection, |connection| {
+                let recorded = finish.run(connection)?;
+                let claimed = claim_in(connection, now)?;
+                let next_due = match claimed {
+                    Some(_) => None,
+                    None => next_due_in(connection)?,
+                };
+                Ok((recorded, claimed, next_due))
+            })
+        };
+        // A scheduled retry must be visible to every worker before one is woken for it, so
+        // that write waits for its commit; other outcomes need not.
+        let schedules_retry = matches!(
+            end,
+            AttemptEnd::Failed {
+                retry_at: Some(_),
+                ..
+            }
+        );
+        let (recorded, raw, next_due) = if schedules_retry {
+            self.writes.write(write)?
+        } else {
+            self.writes.write_unsynced(write)?
+        };
+        Ok(FinishAndClaim {
+            recorded,
+            next: raw.map(RawJob::into_job).transpose()?,
+            next_due,
+        })
     }
 
     /// Manual retry: a `failed` or `timeout` job starts over with its full retry budget.
@@ -291,14 +325,22 @@ impl Store {
         Ok(deleted > 0)
     }
 
-    /// Jobs marked `running`: at start these are attempts a crash interrupted.
+    /// Jobs marked `running`: at start these are attempts a crash interrupted. A row that
+    /// cannot be read is logged and skipped rather than refusing the whole start.
     pub fn running_jobs(&self) -> Result<Vec<Job>> {
         let raws = self
             .read()
             .prepare_cached(RUNNING_JOBS)?
             .query_map([], RawJob::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        raws.into_iter().map(RawJob::into_job).collect()
+        Ok(raws
+            .into_iter()
+            .filter_map(|raw| {
+                raw.into_job()
+                    .map_err(|err| log::error!("skipping an unreadable running job: {err}"))
+                    .ok()
+            })
+            .collect())
     }
 }
 
@@ -321,9 +363,17 @@ fn claim_in(connection: &Connection, now: Timestamp) -> Result<Option<RawJob>> {
     Ok(None)
 }
 
+fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
+    let micros: Option<i64> = connection
+        .prepare_cached(NEXT_DUE_AT)?
+        .query_row([], |row| row.get(0))?;
+    Ok(micros.map(Timestamp::from_micros))
+}
+
 /// The end of an attempt, encoded for `FINISH_ATTEMPT`.
 struct Finish {
     id: String,
+    started_at: Option<i64>,
     status: &'static str,
     finished_at: i64,
     result: Option<String>,
@@ -332,7 +382,7 @@ struct Finish {
 }
 
 impl Finish {
-    fn new(id: &str, end: &AttemptEnd, now: Timestamp) -> Result<Finish> {
+    fn new(job: &Job, end: &AttemptEnd, now: Timestamp) -> Result<Finish> {
         let (status, result, error, retry_at) = match end {
             AttemptEnd::Succeeded { result } => {
                 let encoded = serde_json::to_string(result)
@@ -351,7 +401,8 @@ impl Finish {
             AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
         };
         Ok(Finish {
-            id: id.to_string(),
+            id: job.id.clone(),
+            started_at: job.started_at.map(Timestamp::as_micros),
             status,
             finished_at: now.as_micros(),
             result,
@@ -368,7 +419,8 @@ impl Finish {
             self.finished_at,
             self.result,
             self.error,
-            self.retry_at
+            self.retry_at,
+            self.started_at
         ])?;
         Ok(changed > 0)
     }
@@ -485,11 +537,72 @@ mod tests {
         let store = temp_store();
         let now = Timestamp::from_micros(1);
         store.insert("a".into(), &new_job(0, None), now).unwrap();
-        store.claim_next_due(now).unwrap().unwrap();
+        let attempt = store.claim_next_due(now).unwrap().unwrap();
         assert!(store.delete("a").unwrap());
         let end = AttemptEnd::Succeeded { result: json!(1) };
-        assert!(!store.finish_attempt("a", &end, now).unwrap());
+        assert!(!store.finish_attempt(&attempt, &end, now).unwrap());
         assert!(store.get("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_outcome_lands_only_on_its_own_attempt() {
+        let store = temp_store();
+        store
+            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
+            .unwrap();
+        let first = store
+            .claim_next_due(Timestamp::from_micros(2))
+            .unwrap()
+            .unwrap();
+        let released = AttemptEnd::Released {
+            reason: "test".into(),
+        };
+        assert!(store
+            .finish_attempt(&first, &released, Timestamp::from_micros(3))
+            .unwrap());
+        let second = store
+            .claim_next_due(Timestamp::from_micros(4))
+            .unwrap()
+            .unwrap();
+        // The first attempt's outcome arriving late must not end the second attempt.
+        let late = AttemptEnd::Succeeded {
+            result: json!("stale"),
+        };
+        assert!(!store
+            .finish_attempt(&first, &late, Timestamp::from_micros(5))
+            .unwrap());
+        assert_eq!(store.get("a").unwrap().unwrap().status, JobStatus::Running);
+        let done = AttemptEnd::Succeeded {
+            result: json!("fresh"),
+        };
+        assert!(store
+            .finish_attempt(&second, &done, Timestamp::from_micros(6))
+            .unwrap());
+        assert_eq!(
+            store.get("a").unwrap().unwrap().result,
+            Some(json!("fresh"))
+        );
+    }
+
+    #[test]
+    fn finishing_without_a_claim_reports_when_the_next_job_is_due() {
+        let store = temp_store();
+        store
+            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
+            .unwrap();
+        let attempt = store
+            .claim_next_due(Timestamp::from_micros(2))
+            .unwrap()
+            .unwrap();
+        let retry = AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at: Some(Timestamp::from_micros(90)),
+        };
+        let done = store
+            .finish_and_claim_next(&attempt, &retry, Timestamp::from_micros(3))
+            .unwrap();
+        assert!(done.recorded && done.next.is_none());
+        assert_eq!(done.next_due, Some(Timestamp::from_micros(90)));
     }
 
     #[test]
