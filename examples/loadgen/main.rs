@@ -158,6 +158,7 @@ fn run(options: Options) -> Result<bool> {
         paths,
         // Fixed seed: two runs fill the scale database with the same shape of data.
         rng: Rng::new(0x5eed_1e55_ca1e),
+        handler_threads: None,
     };
     eprintln!(
         "benchmarking {} ({} run)",

@@ -40,6 +40,8 @@ pub struct Bench {
     pub plan: Plan,
     pub paths: Paths,
     pub rng: Rng,
+    /// The server's handler thread count, once the ceiling phase has counted it.
+    pub handler_threads: Option<usize>,
 }
 
 /// A throughput figure with its error count, as the report needs it.
@@ -86,8 +88,12 @@ pub struct Ceiling {
 }
 
 pub struct Submit {
+    /// Medians of the windows that alternated with the ceiling's.
     pub rate16: Rate,
     pub rate64: Rate,
+    /// The ceiling's medians from those same alternating windows.
+    pub ceiling16: Rate,
+    pub ceiling64: Rate,
     pub idle_peak_kib: u64,
     pub backlog_peak_kib: u64,
     /// Pending jobs in the database when the backlog figure was read.
@@ -189,18 +195,8 @@ impl Bench {
 /// idle memory and start-up time.
 pub fn ceiling(bench: &mut Bench) -> Result<Ceiling> {
     let handler_threads = handler_threads(bench)?;
-    let dir = bench.paths.fresh_dir("bare")?;
-    let server = Server::start(Spec {
-        name: "bare tiny_http".into(),
-        program: &bench.paths.loadgen,
-        args: vec![
-            "bare-server".into(),
-            "127.0.0.1:0".into(),
-            handler_threads.to_string(),
-        ],
-        env: Vec::new(),
-        log: dir.join("bare.log"),
-    })?;
+    bench.handler_threads = Some(handler_threads);
+    let server = start_bare(bench, handler_threads, "bare")?;
     thread::sleep(SETTLE);
     let idle = server.memory()?;
     let submit = client::request("POST", "/jobs", Some(SUBMIT_BODY));
@@ -228,6 +224,22 @@ pub fn ceiling(bench: &mut Bench) -> Result<Ceiling> {
     })
 }
 
+/// Starts the bare tiny_http server (the loadgen itself as `bare-server`).
+fn start_bare(bench: &Bench, handler_threads: usize, name: &str) -> Result<Server> {
+    let dir = bench.paths.fresh_dir(name)?;
+    Server::start(Spec {
+        name: "bare tiny_http".into(),
+        program: &bench.paths.loadgen,
+        args: vec![
+            "bare-server".into(),
+            "127.0.0.1:0".into(),
+            handler_threads.to_string(),
+        ],
+        env: Vec::new(),
+        log: dir.join("bare.log"),
+    })
+}
+
 /// The real server's HTTP handler threads (named `http-N`), counted in a running server: the
 /// ceiling must use as many, and counting them keeps it right whatever the source says.
 fn handler_threads(bench: &Bench) -> Result<usize> {
@@ -252,11 +264,40 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
     thread::sleep(SETTLE);
     let idle = server.memory()?;
     let request = client::request("POST", "/jobs", Some(SUBMIT_BODY));
-    progress("submit: 16 connections");
-    let rate16 = load::run(server.addr, 16, &request, 201, bench.window())?;
-    progress("submit: 64 connections");
-    let rate64 = load::run(server.addr, 64, &request, 201, bench.window())?;
-    let mut acknowledged = rate16.ok_total + rate64.ok_total;
+    // The ceiling's windows alternate with the server's, as for FULL vs NORMAL: on a shared
+    // machine the load drifts between phases by more than the difference being measured.
+    let threads = match bench.handler_threads {
+        Some(threads) => threads,
+        None => handler_threads(bench)?,
+    };
+    let bare = start_bare(bench, threads, "bare-paired")?;
+    let window = Until::Window {
+        warmup: bench.plan.warmup,
+        window: bench.plan.window / 2,
+    };
+    let mut acknowledged = 0;
+    let mut paired = |connections: usize| -> Result<(Rate, Rate)> {
+        let (mut real, mut ceiling) = (Vec::new(), Vec::new());
+        for round in 1..=PAIRED_ROUNDS {
+            progress(&format!(
+                "submit: {connections} connections against the ceiling, round {round} of {PAIRED_ROUNDS}"
+            ));
+            ceiling.push(Rate::from(&load::run(
+                bare.addr,
+                connections,
+                &request,
+                201,
+                window,
+            )?));
+            let outcome = load::run(server.addr, connections, &request, 201, window)?;
+            acknowledged += outcome.ok_total;
+            real.push(Rate::from(&outcome));
+        }
+        Ok((median_rate(real), median_rate(ceiling)))
+    };
+    let (rate16, ceiling16) = paired(16)?;
+    let (rate64, ceiling64) = paired(64)?;
+    bare.stop()?;
 
     let reader = ReadOnly::open(&database)?;
     let stored = reader.count("pending")?;
@@ -288,8 +329,10 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
     drop(reader);
     server.stop()?;
     Ok(Submit {
-        rate16: Rate::from(&rate16),
-        rate64: Rate::from(&rate64),
+        rate16,
+        rate64,
+        ceiling16,
+        ceiling64,
         idle_peak_kib: idle.peak_kib,
         backlog_peak_kib: backlog.peak_kib,
         backlog_jobs,
