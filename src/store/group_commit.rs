@@ -4,8 +4,10 @@
 //! caps throughput at the disk's sync rate. Here writes that arrive while a commit is in
 //! progress wait in a queue; one of the waiting callers becomes the leader, takes the mutex-
 //! guarded connection, runs the whole queue in one `BEGIN IMMEDIATE` transaction, commits once,
-//! and hands every caller its own result. A caller is answered only after the transaction holding its
-//! write is durable, so an acknowledgement still means "on disk".
+//! and hands every caller its own result. A caller of `write` is answered only after the
+//! transaction holding its write is durable, so an acknowledgement still means "on disk".
+//! `write_unsynced` answers as soon as the write has run, for job state whose loss in a crash
+//! recovery already handles (a worker's claim or outcome).
 //!
 //! Leadership passes from caller to caller: a leader runs exactly one batch, then wakes the
 //! first caller still queued to lead the next. No thread is dedicated to committing and no
