@@ -101,6 +101,23 @@ impl Job {
     }
 }
 
+/// One attempt of a job, as `GET /jobs/:id/attempts` returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// 1-based, counting every attempt of the job, automatic or manual retry alike.
+    pub attempt: u32,
+    /// `running`, `success`, `failed`, `timeout`, or `interrupted` (stopped by a shutdown).
+    pub status: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub duration_ms: Option<i64>,
+    pub result: Option<Value>,
+    pub error_message: Option<String>,
+    /// For attempts that run a process; null for simulated jobs.
+    pub exit_code: Option<i32>,
+    pub stderr_tail: Option<String>,
+}
+
 /// How one attempt of a running job ended, as the store records it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttemptEnd {

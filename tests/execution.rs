@@ -567,3 +567,74 @@ fn retries_run_on_time_while_other_writes_keep_the_writer_busy() {
         deleter.join().expect("deleter thread");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Attempt history
+// ---------------------------------------------------------------------------
+
+fn attempts(server: &TestServer, id: &str) -> Vec<Value> {
+    let response = server.get(&format!("/jobs/{id}/attempts"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json().as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn every_attempt_is_recorded_across_automatic_and_manual_retries() {
+    let server = TestServer::builder().env("RETRY_BACKOFF_MS", "10").start();
+    let id = server.submit(json!({
+        "payload": {"duration_ms": 20, "should_fail": true, "error_message": "nope"},
+        "max_retries": 2
+    }));
+    server.wait_for_status(&id, "failed", secs(5));
+    let first_run = attempts(&server, &id);
+    assert_eq!(first_run.len(), 3, "{first_run:?}");
+    for (index, attempt) in first_run.iter().enumerate() {
+        assert_eq!(attempt["attempt"], index + 1);
+        assert_eq!(attempt["status"], "failed");
+        assert_eq!(attempt["error_message"], "nope");
+        assert_eq!(attempt["result"], Value::Null);
+        assert_eq!(attempt["exit_code"], Value::Null);
+        assert_eq!(attempt["stderr_tail"], Value::Null);
+        let took = attempt["duration_ms"].as_i64().unwrap_or(-1);
+        assert!((15..5_000).contains(&took), "{attempt}");
+        assert_eq!(
+            (ts(attempt, "finished_at") - ts(attempt, "started_at")) / 1000,
+            took
+        );
+    }
+    // A manual retry starts the retry budget over but keeps counting attempts.
+    assert_eq!(server.post_empty(&format!("/jobs/{id}/retry")).status, 202);
+    server.wait_for_job(&id, secs(5), "three more attempts", |job| {
+        job["status"] == "failed" && job["retry_count"] == 2
+    });
+    let numbers: Vec<Value> = attempts(&server, &id)
+        .iter()
+        .map(|attempt| attempt["attempt"].clone())
+        .collect();
+    assert_eq!(numbers, (1..=6).map(|n| json!(n)).collect::<Vec<_>>());
+}
+
+#[test]
+fn attempts_show_success_and_timeout_and_go_with_their_job() {
+    let server = TestServer::start();
+    let ok = server.submit(json!({"payload": {"duration_ms": 0, "result": {"n": 7}}}));
+    let slow = server.submit(json!({"payload": {"duration_ms": 4000}, "timeout_seconds": 1}));
+    server.wait_for_status(&ok, "success", secs(5));
+    server.wait_for_status(&slow, "timeout", secs(5));
+    let ok_attempts = attempts(&server, &ok);
+    assert_eq!(ok_attempts.len(), 1);
+    assert_eq!(ok_attempts[0]["status"], "success");
+    assert_eq!(ok_attempts[0]["result"], json!({"n": 7}));
+    let slow_attempts = attempts(&server, &slow);
+    assert_eq!(slow_attempts.len(), 1);
+    assert_eq!(slow_attempts[0]["status"], "timeout");
+
+    assert_eq!(server.delete(&format!("/jobs/{ok}")).status, 204);
+    let gone = server.get(&format!("/jobs/{ok}/attempts"));
+    assert_error(&gone, 404, "not_found");
+    let unknown = server.get(&format!("/jobs/{}/attempts", uuid::Uuid::new_v4()));
+    assert_error(&unknown, 404, "not_found");
+    let wrong_method = server.post_empty(&format!("/jobs/{slow}/attempts"));
+    assert_error(&wrong_method, 405, "method_not_allowed");
+    assert_eq!(wrong_method.header("Allow"), Some("GET"));
+}

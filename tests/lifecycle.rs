@@ -249,6 +249,16 @@ fn kill_9_with_jobs_running_recovers_them_on_restart() {
     let done = server.wait_for_status(&with_budget, "success", secs(10));
     assert_eq!(done["retry_count"], 1);
     assert_eq!(done["result"], "second attempt");
+    // Both attempts are in its history: the one the crash interrupted, then the one that ran.
+    let attempts = server.get(&format!("/jobs/{with_budget}/attempts")).json();
+    assert_eq!(attempts.as_array().map(Vec::len), Some(2), "{attempts}");
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert_eq!(attempts[0]["status"], "failed");
+    let interrupted = attempts[0]["error_message"].as_str().unwrap_or_default();
+    assert!(interrupted.contains("interrupted"), "{attempts}");
+    assert_eq!(attempts[1]["attempt"], 2);
+    assert_eq!(attempts[1]["status"], "success");
+    assert_eq!(attempts[1]["result"], "second attempt");
 
     // The queued job survived and ran.
     let done = server.wait_for_status(&queued, "success", secs(10));

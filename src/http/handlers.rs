@@ -146,6 +146,12 @@ pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
     })
 }
 
+pub fn attempts(state: &AppState, id: &str) -> Result<ApiResponse> {
+    let id = canonical_id(id)?;
+    let attempts = state.store.attempts(&id)?.ok_or_else(|| not_found(&id))?;
+    Ok(ApiResponse::json(200, &attempts))
+}
+
 pub fn retry(state: &AppState, id: &str) -> Result<ApiResponse> {
     let id = canonical_id(id)?;
     let job = state.store.retry(&id, Timestamp::now())?;

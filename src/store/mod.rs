@@ -19,10 +19,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::job::{AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
+use crate::job::{Attempt, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit};
-use row::RawJob;
+use row::{RawAttempt, RawJob};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +78,19 @@ const RESTART_JOB: &str = concat!(
 const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = ?1";
 const STATUS_OF_ID: &str = "SELECT status FROM jobs WHERE id = ?1";
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+const DELETE_ATTEMPTS: &str =
+    "DELETE FROM attempts WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1)";
+/// Numbers the attempt after the job's last one: `max` over the primary key is one seek.
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, attempt, status, started_at)
+     SELECT ?1, coalesce(max(attempt), 0) + 1, 'running', ?2 FROM attempts WHERE job_seq = ?1";
+/// Ends the attempt that started at `?2` (the attempt token, as for `FINISH_ATTEMPT`).
+const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at = ?4, result = ?5,
+        error_message = ?6
+     WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1) AND started_at IS ?2
+       AND status = 'running'";
+const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
+        error_message, exit_code, stderr_tail
+     FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
 const INSERT_JOB: &str = "INSERT INTO jobs
         (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds)
      VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)";
@@ -319,10 +332,34 @@ impl Store {
     /// Deletes a job and everything stored about it. Returns `false` if there was no such job.
     pub fn delete(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
-        let deleted = self
-            .writes
-            .write(move |connection| Ok(connection.prepare_cached(DELETE_JOB)?.execute([id])?))?;
+        let deleted = self.writes.write(move |connection| {
+            in_savepoint(connection, |connection| {
+                connection.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
+                Ok(connection.prepare_cached(DELETE_JOB)?.execute([&id])?)
+            })
+        })?;
         Ok(deleted > 0)
+    }
+
+    /// Every attempt of a job in order; `None` if there is no such job.
+    pub fn attempts(&self, id: &str) -> Result<Option<Vec<Attempt>>> {
+        let connection = self.read();
+        let seq: Option<i64> = connection
+            .prepare_cached(SEQ_OF_ID)?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        let raws = connection
+            .prepare_cached(ATTEMPTS_OF_JOB)?
+            .query_map([seq], RawAttempt::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        drop(connection);
+        raws.into_iter()
+            .map(RawAttempt::into_attempt)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// Jobs marked `running`: at start these are attempts a crash interrupted. A row that
@@ -357,6 +394,9 @@ fn claim_in(connection: &Connection, now: Timestamp) -> Result<Option<RawJob>> {
             let raw = connection
                 .prepare_cached(START_ATTEMPT)?
                 .query_row(params![seq, now], RawJob::from_row)?;
+            connection
+                .prepare_cached(INSERT_ATTEMPT)?
+                .execute(params![seq, now])?;
             return Ok(Some(raw));
         }
     }
@@ -411,8 +451,24 @@ impl Finish {
         })
     }
 
-    /// Returns whether the job was still running (and so was updated).
+    /// Returns whether the job was still running (and so was updated). The attempt's own row
+    /// is closed either way.
     fn run(&self, connection: &Connection) -> Result<bool> {
+        let attempt_status = match self.status {
+            "pending" => "failed",
+            "released" => "interrupted",
+            other => other,
+        };
+        connection
+            .prepare_cached(FINISH_ATTEMPT_ROW)?
+            .execute(params![
+                self.id,
+                self.started_at,
+                attempt_status,
+                self.finished_at,
+                self.result,
+                self.error
+            ])?;
         let changed = connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
             self.id,
             self.status,
@@ -672,6 +728,10 @@ mod tests {
                 DELETE_JOB,
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
             ),
+            (INSERT_ATTEMPT, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
+            (FINISH_ATTEMPT_ROW, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
+            (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
+            (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
         ];
         for (sql, expected) in cases {
             let plan = plan(&store, sql);
@@ -681,6 +741,51 @@ mod tests {
                 "{sql}\n{plan}"
             );
         }
+    }
+
+    #[test]
+    fn attempts_are_numbered_closed_and_deleted_with_their_job() {
+        let store = temp_store();
+        store
+            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
+            .unwrap();
+        let first = store
+            .claim_next_due(Timestamp::from_micros(10))
+            .unwrap()
+            .unwrap();
+        let retry = AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at: Some(Timestamp::from_micros(20)),
+        };
+        store
+            .finish_attempt(&first, &retry, Timestamp::from_micros(2_010))
+            .unwrap();
+        let second = store
+            .claim_next_due(Timestamp::from_micros(30))
+            .unwrap()
+            .unwrap();
+        let attempts = store.attempts("a").unwrap().unwrap();
+        let summary: Vec<(u32, &str, Option<i64>)> = attempts
+            .iter()
+            .map(|a| (a.attempt, a.status.as_str(), a.duration_ms))
+            .collect();
+        assert_eq!(summary, vec![(1, "failed", Some(2)), (2, "running", None)]);
+        assert_eq!(attempts[0].error_message.as_deref(), Some("boom"));
+        let done = AttemptEnd::Succeeded {
+            result: json!({"ok": true}),
+        };
+        store
+            .finish_attempt(&second, &done, Timestamp::from_micros(40))
+            .unwrap();
+        let attempts = store.attempts("a").unwrap().unwrap();
+        assert_eq!(attempts[1].result, Some(json!({"ok": true})));
+        assert!(store.delete("a").unwrap());
+        assert!(store.attempts("a").unwrap().is_none());
+        let left: i64 = store
+            .read()
+            .query_row("SELECT count(*) FROM attempts", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

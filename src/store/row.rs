@@ -5,7 +5,7 @@ use rusqlite::Row;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Attempt, Job};
 use crate::time::Timestamp;
 
 /// A row as SQLite returns it, before the text columns are parsed.
@@ -71,6 +71,60 @@ impl RawJob {
             priority: self.priority,
             run_at: Timestamp::from_micros(self.run_at),
             id: self.id,
+        })
+    }
+}
+
+/// An `attempts` row as SQLite returns it.
+pub struct RawAttempt {
+    attempt: u32,
+    status: String,
+    started_at: i64,
+    finished_at: Option<i64>,
+    result: Option<String>,
+    error_message: Option<String>,
+    exit_code: Option<i32>,
+    stderr_tail: Option<String>,
+}
+
+impl RawAttempt {
+    pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawAttempt> {
+        Ok(RawAttempt {
+            attempt: row.get(0)?,
+            status: row.get(1)?,
+            started_at: row.get(2)?,
+            finished_at: row.get(3)?,
+            result: row.get(4)?,
+            error_message: row.get(5)?,
+            exit_code: row.get(6)?,
+            stderr_tail: row.get(7)?,
+        })
+    }
+
+    pub fn into_attempt(self) -> Result<Attempt> {
+        let result = self
+            .result
+            .as_deref()
+            .map(serde_json::from_str::<Value>)
+            .transpose()
+            .map_err(|err| {
+                Error::CorruptRow(format!(
+                    "attempt {}: result is not valid JSON: {err}",
+                    self.attempt
+                ))
+            })?;
+        Ok(Attempt {
+            attempt: self.attempt,
+            status: self.status,
+            started_at: Timestamp::from_micros(self.started_at),
+            finished_at: self.finished_at.map(Timestamp::from_micros),
+            duration_ms: self
+                .finished_at
+                .map(|finished| (finished - self.started_at) / 1000),
+            result,
+            error_message: self.error_message,
+            exit_code: self.exit_code,
+            stderr_tail: self.stderr_tail,
         })
     }
 }

@@ -34,6 +34,20 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: the next due time is read from jobs_pending_by_priority (one seek per priority), so
     // every submit and claim updates one index fewer.
     "DROP INDEX jobs_pending_by_run_at;",
+    // 3: every attempt of every job, numbered from 1 per job. `exit_code` and `stderr_tail`
+    // are for attempts that run a process; simulated attempts leave them null.
+    "CREATE TABLE attempts (
+        job_seq       INTEGER NOT NULL,
+        attempt       INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        started_at    INTEGER NOT NULL,
+        finished_at   INTEGER,
+        result        TEXT,
+        error_message TEXT,
+        exit_code     INTEGER,
+        stderr_tail   TEXT,
+        PRIMARY KEY (job_seq, attempt)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.
