@@ -23,10 +23,13 @@ pub enum Outcome {
     TimedOut,
     /// The abort channel closed (shutdown grace over) before the attempt ended.
     Interrupted,
+    /// The attempt's own cancel channel closed (cancel or delete by request).
+    Cancelled,
 }
 
-/// Runs one attempt of `job`. `abort` is never sent on; it closes to stop the attempt.
-pub fn run_attempt(job: &Job, abort: &Receiver<()>) -> Outcome {
+/// Runs one attempt of `job`. Neither channel is ever sent on: `abort` (the pool's) closes to
+/// interrupt every attempt, `cancel` (this attempt's) to cancel this one.
+pub fn run_attempt(job: &Job, abort: &Receiver<()>, cancel: &Receiver<()>) -> Outcome {
     let simulation = match Simulation::from_payload(&job.payload) {
         Ok(simulation) => simulation,
         // Stored payloads were validated at submit; this covers rows written otherwise.
@@ -34,8 +37,8 @@ pub fn run_attempt(job: &Job, abort: &Receiver<()>) -> Outcome {
     };
     let timeout = job.timeout();
     let timed_out = simulation.duration > timeout;
-    if !wait_unless_aborted(simulation.duration.min(timeout), abort) {
-        return Outcome::Interrupted;
+    if let Some(stopped) = wait_unless_stopped(simulation.duration.min(timeout), abort, cancel) {
+        return stopped;
     }
     if timed_out {
         return Outcome::TimedOut;
@@ -46,11 +49,16 @@ pub fn run_attempt(job: &Job, abort: &Receiver<()>) -> Outcome {
     }
 }
 
-/// Waits `duration`; returns `false` if `abort` closed first.
-fn wait_unless_aborted(duration: Duration, abort: &Receiver<()>) -> bool {
+/// Waits `duration`; returns how the attempt was stopped if a channel closed first.
+fn wait_unless_stopped(
+    duration: Duration,
+    abort: &Receiver<()>,
+    cancel: &Receiver<()>,
+) -> Option<Outcome> {
     select! {
-        recv(abort) -> _ => false,
-        default(duration) => true,
+        recv(abort) -> _ => Some(Outcome::Interrupted),
+        recv(cancel) -> _ => Some(Outcome::Cancelled),
+        default(duration) => None,
     }
 }
 
@@ -80,24 +88,35 @@ mod tests {
         }
     }
 
+    /// A channel that never closes during the test.
+    fn open() -> (crossbeam_channel::Sender<()>, Receiver<()>) {
+        bounded::<()>(0)
+    }
+
     #[test]
     fn outcome_follows_the_payload() {
-        let (_keep, abort) = bounded::<()>(0);
+        let ((_a, abort), (_c, cancel)) = (open(), open());
         let ok = job(json!({"duration_ms": 0, "result": [1]}), 5);
-        assert_eq!(run_attempt(&ok, &abort), Outcome::Succeeded(json!([1])));
+        assert_eq!(
+            run_attempt(&ok, &abort, &cancel),
+            Outcome::Succeeded(json!([1]))
+        );
         let failing = job(
             json!({"duration_ms": 0, "should_fail": true, "error_message": "no"}),
             5,
         );
-        assert_eq!(run_attempt(&failing, &abort), Outcome::Failed("no".into()));
+        assert_eq!(
+            run_attempt(&failing, &abort, &cancel),
+            Outcome::Failed("no".into())
+        );
     }
 
     #[test]
     fn the_timeout_ends_the_attempt_at_the_deadline() {
-        let (_keep, abort) = bounded::<()>(0);
+        let ((_a, abort), (_c, cancel)) = (open(), open());
         let started = Instant::now();
         let slow = job(json!({"duration_ms": 60_000}), 1);
-        assert_eq!(run_attempt(&slow, &abort), Outcome::TimedOut);
+        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::TimedOut);
         let elapsed = started.elapsed();
         assert!(
             elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
@@ -106,12 +125,15 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_abort_channel_interrupts_at_once() {
-        let (stop, abort) = bounded::<()>(0);
+    fn a_closed_channel_stops_the_attempt_at_once() {
+        let slow = job(json!({"duration_ms": 60_000}), 120);
+        let ((stop, abort), (_c, cancel)) = (open(), open());
         drop(stop);
         let started = Instant::now();
-        let slow = job(json!({"duration_ms": 60_000}), 120);
-        assert_eq!(run_attempt(&slow, &abort), Outcome::Interrupted);
+        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::Interrupted);
+        let ((_a, abort), (stop, cancel)) = (open(), open());
+        drop(stop);
+        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -25,15 +25,17 @@ pub enum JobStatus {
     Success,
     Failed,
     Timeout,
+    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 6] = [
         JobStatus::Pending,
         JobStatus::Running,
         JobStatus::Success,
         JobStatus::Failed,
         JobStatus::Timeout,
+        JobStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +45,7 @@ impl JobStatus {
             JobStatus::Success => "success",
             JobStatus::Failed => "failed",
             JobStatus::Timeout => "timeout",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
@@ -50,11 +53,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Success | JobStatus::Failed | JobStatus::Timeout
+            JobStatus::Success | JobStatus::Failed | JobStatus::Timeout | JobStatus::Cancelled
         )
     }
 
-    /// Only jobs that ended badly can be retried by hand.
+    /// Only jobs that ended without success can be retried by hand.
     pub fn is_retryable(self) -> bool {
         self.is_terminal() && self != JobStatus::Success
     }
@@ -106,7 +109,8 @@ impl Job {
 pub struct Attempt {
     /// 1-based, counting every attempt of the job, automatic or manual retry alike.
     pub attempt: u32,
-    /// `running`, `success`, `failed`, `timeout`, or `interrupted` (stopped by a shutdown).
+    /// `running`, `success`, `failed`, `timeout`, `cancelled`, or `interrupted` (stopped by a
+    /// shutdown).
     pub status: String,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
@@ -131,6 +135,10 @@ pub enum AttemptEnd {
     },
     TimedOut {
         error: String,
+    },
+    /// Stopped by `POST /jobs/:id/cancel` or a delete; the job ends `cancelled`.
+    Cancelled {
+        reason: String,
     },
     /// The server stopped the attempt (shutdown); the job goes back to `pending` and the
     /// attempt is not counted against the retry budget.

@@ -13,6 +13,7 @@ mod executor;
 mod http;
 mod job;
 mod retry;
+mod running;
 mod shutdown;
 mod simulation;
 mod store;

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::http::HttpServer;
 use crate::retry::RetryPolicy;
+use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::worker::{self, WorkerPool};
 
@@ -44,8 +45,14 @@ pub fn run(
     if recovered > 0 {
         warn!("recovered {recovered} job(s) left running by an earlier crash");
     }
-    let (mut pool, waker) = WorkerPool::start(config.worker_count, Arc::clone(&store), retry)?;
-    let server = HttpServer::start(&config, store, waker)?;
+    let running = Arc::new(RunningAttempts::default());
+    let (mut pool, waker) = WorkerPool::start(
+        config.worker_count,
+        Arc::clone(&store),
+        retry,
+        Arc::clone(&running),
+    )?;
+    let server = HttpServer::start(&config, store, waker, running)?;
     info!(
         "listening on http://{} with {} workers, database {}",
         server.local_addr(),

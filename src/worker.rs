@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::executor::{self, Outcome};
 use crate::job::{AttemptEnd, Job};
 use crate::retry::RetryPolicy;
+use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::time::Timestamp;
 
@@ -92,6 +93,8 @@ struct WorkerContext {
     wake: Receiver<()>,
     /// To hand the watch on to another idle worker.
     waker: Waker,
+    /// Where this worker registers each attempt so that it can be cancelled.
+    running: Arc<RunningAttempts>,
     /// This worker's slot in `waker.sleepers`.
     slot: usize,
     drain: Receiver<()>,
@@ -106,6 +109,7 @@ impl WorkerPool {
         count: usize,
         store: Arc<Store>,
         retry: RetryPolicy,
+        running: Arc<RunningAttempts>,
     ) -> Result<(WorkerPool, Waker)> {
         let (wake_sender, wake) = bounded(count);
         let sleepers = Sleepers((0..count).map(|_| AtomicI64::new(AWAKE)).collect());
@@ -123,6 +127,7 @@ impl WorkerPool {
                 retry,
                 wake: wake.clone(),
                 waker: waker.clone(),
+                running: Arc::clone(&running),
                 slot: number - 1,
                 drain: drain.clone(),
                 abort: abort.clone(),
@@ -301,7 +306,8 @@ fn wait_for_work(context: &WorkerContext, wakes_at: Timestamp, draining: &mut bo
 fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     info!("job {} started (attempt {})", job.id, job.retry_count + 1);
     let started = Instant::now();
-    let end = match executor::run_attempt(&job, &context.abort) {
+    let cancel = context.running.start(&job);
+    let end = match executor::run_attempt(&job, &context.abort, &cancel) {
         Outcome::Succeeded(result) => AttemptEnd::Succeeded { result },
         Outcome::Failed(error) => context.retry.after_failure(&job, error, Timestamp::now()),
         Outcome::TimedOut => AttemptEnd::TimedOut {
@@ -312,6 +318,9 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
         },
         Outcome::Interrupted => AttemptEnd::Released {
             reason: "interrupted by server shutdown; the job runs again after restart".into(),
+        },
+        Outcome::Cancelled => AttemptEnd::Cancelled {
+            reason: "cancelled by request".into(),
         },
     };
     let elapsed = started.elapsed();
@@ -349,6 +358,7 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
         // This worker may be busy with another job by then; make sure someone wakes for it.
         context.waker.job_queued(*at);
     }
+    context.running.end(&job);
     log_end(&job, &end, recorded, elapsed);
     after
 }
@@ -407,6 +417,7 @@ fn log_end(job: &Job, end: &AttemptEnd, recorded: Result<bool>, elapsed: Duratio
         AttemptEnd::Released { .. } => {
             info!("job {id} interrupted by shutdown and put back as pending")
         }
+        AttemptEnd::Cancelled { .. } => info!("job {id} cancelled after {millis} ms"),
     }
 }
 

@@ -10,9 +10,10 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::http::request::query_pairs;
 use crate::http::response::ApiResponse;
-use crate::job::{JobDefaults, JobStatus, NewJob};
+use crate::job::{Job, JobDefaults, JobStatus, NewJob};
+use crate::running::RunningAttempts;
 use crate::simulation::Simulation;
-use crate::store::Store;
+use crate::store::{Cancel, Store};
 use crate::time::Timestamp;
 use crate::worker::Waker;
 
@@ -23,6 +24,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub struct AppState {
     pub store: Arc<Store>,
     pub waker: Waker,
+    /// To stop a running attempt on cancel or delete.
+    pub running: Arc<RunningAttempts>,
     pub defaults: JobDefaults,
     pub max_body_bytes: usize,
     /// Set once shutdown begins; from then on every request is answered 503.
@@ -102,7 +105,7 @@ pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
             "status" => {
                 status = Some(value.parse::<JobStatus>().map_err(|_| {
                     Error::Validation(format!(
-                        "status must be one of pending, running, success, failed, timeout; got {value:?}"
+                        "status must be one of pending, running, success, failed, timeout, cancelled; got {value:?}"
                     ))
                 })?)
             }
@@ -165,11 +168,36 @@ pub fn retry(state: &AppState, id: &str) -> Result<ApiResponse> {
 
 pub fn delete(state: &AppState, id: &str) -> Result<ApiResponse> {
     let id = canonical_id(id)?;
-    if !state.store.delete(&id)? {
-        return Err(not_found(&id));
+    let deleted = state.store.delete(&id)?.ok_or_else(|| not_found(&id))?;
+    // The row is gone, so the stopped attempt has nothing to write back to.
+    if deleted.status == JobStatus::Running {
+        stop_attempt(state, &deleted);
     }
     log::info!("job {id} deleted");
     Ok(ApiResponse::empty(204))
+}
+
+/// `POST /jobs/:id/cancel`: a pending job is cancelled at once (`200`); a running one is
+/// stopped and recorded `cancelled` by its worker a moment later (`202`, the job as it was).
+pub fn cancel(state: &AppState, id: &str) -> Result<ApiResponse> {
+    let id = canonical_id(id)?;
+    match state.store.cancel(&id, Timestamp::now())? {
+        Cancel::Cancelled(job) => {
+            log::info!("job {id} cancelled before it ran");
+            Ok(ApiResponse::json(200, &job))
+        }
+        Cancel::Running(job) => {
+            stop_attempt(state, &job);
+            log::info!("job {id}: cancelling its running attempt");
+            Ok(ApiResponse::json(202, &job))
+        }
+    }
+}
+
+fn stop_attempt(state: &AppState, job: &Job) {
+    state
+        .running
+        .cancel(&job.id, job.started_at.map(Timestamp::as_micros));
 }
 
 /// Job ids are UUIDs in lowercase hyphenated form; anything else names no job.

@@ -20,6 +20,7 @@ use log::{debug, error, info, warn};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::JobDefaults;
+use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::worker::Waker;
 use handlers::AppState;
@@ -52,7 +53,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(config: &Config, store: Arc<Store>, waker: Waker) -> Result<HttpServer> {
+    pub fn start(
+        config: &Config,
+        store: Arc<Store>,
+        waker: Waker,
+        running: Arc<RunningAttempts>,
+    ) -> Result<HttpServer> {
         let (server, local_addr) = listen(config.server_addr).map_err(|err| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         })?;
@@ -60,6 +66,7 @@ impl HttpServer {
         let state = Arc::new(AppState {
             store,
             waker,
+            running,
             defaults: JobDefaults {
                 timeout_seconds: config.default_timeout_seconds,
                 max_retries: config.default_max_retries,

@@ -28,13 +28,14 @@ pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
         (Method::Get, ["jobs", id]) => handlers::get(state, id),
         (Method::Delete, ["jobs", id]) => handlers::delete(state, id),
         (Method::Post, ["jobs", id, "retry"]) => handlers::retry(state, id),
+        (Method::Post, ["jobs", id, "cancel"]) => handlers::cancel(state, id),
         (Method::Get, ["jobs", id, "attempts"]) => handlers::attempts(state, id),
         (_, ["health"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         (_, ["jobs", _]) => Err(Error::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
-        (_, ["jobs", _, "retry"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
+        (_, ["jobs", _, "retry" | "cancel"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
         (_, ["jobs", _, "attempts"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
         _ => Err(Error::NotFound(format!("no route for {path}"))),
     }

@@ -78,6 +78,9 @@ const RESTART_JOB: &str = concat!(
 const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = ?1";
 const STATUS_OF_ID: &str = "SELECT status FROM jobs WHERE id = ?1";
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', finished_at = ?2,
+        error_message = 'cancelled by request'
+     WHERE id = ?1 AND status = 'pending'";
 const DELETE_ATTEMPTS: &str =
     "DELETE FROM attempts WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1)";
 /// Numbers the attempt after the job's last one: `max` over the primary key is one seek.
@@ -112,6 +115,14 @@ pub struct Store {
     writes: GroupCommit,
     /// The read connection; the lock makes its statements one at a time.
     reader: Mutex<Connection>,
+}
+
+/// What `cancel` found.
+pub enum Cancel {
+    /// The job was pending and is now `cancelled`.
+    Cancelled(Job),
+    /// The job is running; its attempt must be stopped.
+    Running(Job),
 }
 
 /// What `finish_and_claim_next` did.
@@ -319,7 +330,7 @@ impl Store {
             let status: JobStatus = status.ok_or_else(|| not_found(&id))?.parse()?;
             if !status.is_retryable() {
                 return Err(Error::InvalidState(format!(
-                    "job {id} is {status}; only failed or timeout jobs can be retried"
+                    "job {id} is {status}; only failed, timeout or cancelled jobs can be retried"
                 )));
             }
             Ok(connection
@@ -329,16 +340,55 @@ impl Store {
         raw.into_job()
     }
 
-    /// Deletes a job and everything stored about it. Returns `false` if there was no such job.
-    pub fn delete(&self, id: &str) -> Result<bool> {
+    /// Cancels a job: a pending one becomes `cancelled` here; a running one is returned as it
+    /// is, for the caller to stop its attempt (the worker then records `cancelled`); a job that
+    /// has ended is an `InvalidState`.
+    pub fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel> {
         let id = id.to_string();
-        let deleted = self.writes.write(move |connection| {
+        let (cancelled, raw) = self.writes.write(move |connection| {
+            let raw = connection
+                .prepare_cached(SELECT_BY_ID)?
+                .query_row([&id], RawJob::from_row)
+                .optional()?
+                .ok_or_else(|| not_found(&id))?;
+            let changed = connection
+                .prepare_cached(CANCEL_PENDING)?
+                .execute(params![id, now.as_micros()])?;
+            if changed == 0 {
+                return Ok((false, raw));
+            }
+            let raw = connection
+                .prepare_cached(SELECT_BY_ID)?
+                .query_row([&id], RawJob::from_row)?;
+            Ok((true, raw))
+        })?;
+        let job = raw.into_job()?;
+        match job.status {
+            _ if cancelled => Ok(Cancel::Cancelled(job)),
+            JobStatus::Running => Ok(Cancel::Running(job)),
+            status => Err(Error::InvalidState(format!(
+                "job {} is {status}; only pending or running jobs can be cancelled",
+                job.id
+            ))),
+        }
+    }
+
+    /// Deletes a job and everything stored about it. Returns the job as it was, or `None` if
+    /// there was no such job (so a caller can stop an attempt that was running).
+    pub fn delete(&self, id: &str) -> Result<Option<Job>> {
+        let id = id.to_string();
+        let raw = self.writes.write(move |connection| {
             in_savepoint(connection, |connection| {
+                let raw = connection
+                    .prepare_cached(SELECT_BY_ID)?
+                    .query_row([&id], RawJob::from_row)
+                    .optional()?;
                 connection.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
-                Ok(connection.prepare_cached(DELETE_JOB)?.execute([&id])?)
+                connection.prepare_cached(DELETE_JOB)?.execute([&id])?;
+                Ok(raw)
             })
         })?;
-        Ok(deleted > 0)
+        raw.map(RawJob::into_job).transpose()
     }
 
     /// Every attempt of a job in order; `None` if there is no such job.
@@ -439,6 +489,7 @@ impl Finish {
             } => ("failed", None, Some(error.clone()), None),
             AttemptEnd::TimedOut { error } => ("timeout", None, Some(error.clone()), None),
             AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
+            AttemptEnd::Cancelled { reason } => ("cancelled", None, Some(reason.clone()), None),
         };
         Ok(Finish {
             id: job.id.clone(),
@@ -594,7 +645,7 @@ mod tests {
         let now = Timestamp::from_micros(1);
         store.insert("a".into(), &new_job(0, None), now).unwrap();
         let attempt = store.claim_next_due(now).unwrap().unwrap();
-        assert!(store.delete("a").unwrap());
+        assert!(store.delete("a").unwrap().is_some());
         let end = AttemptEnd::Succeeded { result: json!(1) };
         assert!(!store.finish_attempt(&attempt, &end, now).unwrap());
         assert!(store.get("a").unwrap().is_none());
@@ -728,6 +779,10 @@ mod tests {
                 DELETE_JOB,
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
             ),
+            (
+                CANCEL_PENDING,
+                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
+            ),
             (INSERT_ATTEMPT, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (FINISH_ATTEMPT_ROW, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
             (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
@@ -779,13 +834,44 @@ mod tests {
             .unwrap();
         let attempts = store.attempts("a").unwrap().unwrap();
         assert_eq!(attempts[1].result, Some(json!({"ok": true})));
-        assert!(store.delete("a").unwrap());
+        assert!(store.delete("a").unwrap().is_some());
         assert!(store.attempts("a").unwrap().is_none());
         let left: i64 = store
             .read()
             .query_row("SELECT count(*) FROM attempts", [], |row| row.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn cancel_ends_a_pending_job_and_reports_a_running_one() {
+        let store = temp_store();
+        let now = Timestamp::from_micros(1);
+        store
+            .insert("waiting".into(), &new_job(0, Some(1_000)), now)
+            .unwrap();
+        store.insert("busy".into(), &new_job(9, None), now).unwrap();
+        store
+            .claim_next_due(Timestamp::from_micros(2))
+            .unwrap()
+            .unwrap();
+        match store.cancel("waiting", Timestamp::from_micros(3)).unwrap() {
+            Cancel::Cancelled(job) => assert_eq!(job.status, JobStatus::Cancelled),
+            Cancel::Running(job) => panic!("a pending job is cancelled at once: {job:?}"),
+        }
+        assert!(store
+            .claim_next_due(Timestamp::from_micros(5_000))
+            .unwrap()
+            .is_none());
+        match store.cancel("busy", Timestamp::from_micros(4)).unwrap() {
+            Cancel::Running(job) => assert_eq!(job.status, JobStatus::Running),
+            Cancel::Cancelled(job) => panic!("a running job is left to its worker: {job:?}"),
+        }
+        assert!(matches!(
+            store.cancel("waiting", Timestamp::from_micros(5)),
+            Err(Error::InvalidState(_))
+        ));
+        assert!(matches!(store.cancel("nope", now), Err(Error::NotFound(_))));
     }
 
     #[test]

@@ -50,7 +50,14 @@ pub const JOB_FIELDS: [&str; 13] = [
     "run_at",
 ];
 
-pub const STATUSES: [&str; 5] = ["pending", "running", "success", "failed", "timeout"];
+pub const STATUSES: [&str; 6] = [
+    "pending",
+    "running",
+    "success",
+    "failed",
+    "timeout",
+    "cancelled",
+];
 
 // ---------------------------------------------------------------------------
 // Polling
@@ -1002,7 +1009,7 @@ impl TestServer {
     pub fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
         self.wait_for_job(id, timeout, &format!("status {status}"), |job| {
             let now = job["status"].as_str().unwrap_or_default();
-            if now != status && ["success", "failed", "timeout"].contains(&now) {
+            if now != status && ["success", "failed", "timeout", "cancelled"].contains(&now) {
                 panic!("job {id} reached {now} while waiting for {status}: {job}");
             }
             now == status
