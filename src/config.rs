@@ -15,7 +15,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 10] = [
+pub const VARIABLES: [Variable; 14] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -66,6 +66,26 @@ pub const VARIABLES: [Variable; 10] = [
         default: "full",
         meaning: "full: acknowledged jobs survive power loss; normal: they survive a crash",
     },
+    Variable {
+        name: "FUNCTIONS_DIR",
+        default: "./functions",
+        meaning: "directory whose executable files are the functions jobs can run",
+    },
+    Variable {
+        name: "FUNCTION_MAX_OUTPUT_BYTES",
+        default: "1048576",
+        meaning: "largest stdout a function may write; more fails the attempt",
+    },
+    Variable {
+        name: "FUNCTION_KILL_GRACE_MS",
+        default: "2000",
+        meaning: "time between SIGTERM and SIGKILL when a function is stopped",
+    },
+    Variable {
+        name: "FUNCTION_ENV_PASSTHROUGH",
+        default: "",
+        meaning: "comma-separated variables passed on to functions",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -90,6 +110,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub durability: Durability,
+    pub functions_dir: PathBuf,
+    pub function_max_output_bytes: usize,
+    pub function_kill_grace: Duration,
+    /// Variables functions get besides their own, with the values they had at start.
+    pub function_env: Vec<(String, String)>,
 }
 
 impl Config {
@@ -101,6 +126,8 @@ impl Config {
     /// process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let reader = Reader { lookup };
+        let lookup_path =
+            (reader.lookup)("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
         let retry_backoff_ms = reader.integer("RETRY_BACKOFF_MS", 0, 3_600_000)?;
         let retry_backoff_max_ms = reader.integer("RETRY_BACKOFF_MAX_MS", 0, 86_400_000)?;
         if retry_backoff_max_ms < retry_backoff_ms {
@@ -130,6 +157,18 @@ impl Config {
                 86_400,
             )?),
             durability: reader.durability("DURABILITY")?,
+            functions_dir: PathBuf::from(reader.raw("FUNCTIONS_DIR")),
+            function_max_output_bytes: to_usize(reader.integer(
+                "FUNCTION_MAX_OUTPUT_BYTES",
+                1,
+                1 << 30,
+            )?),
+            function_kill_grace: Duration::from_millis(reader.integer(
+                "FUNCTION_KILL_GRACE_MS",
+                0,
+                600_000,
+            )?),
+            function_env: reader.function_env(&lookup_path)?,
         })
     }
 }
@@ -186,6 +225,32 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 message: format!("must be an integer from {min} to {max}, got {raw:?}"),
             }),
         }
+    }
+
+    /// `PATH` as the server had it, then every variable named in `FUNCTION_ENV_PASSTHROUGH`
+    /// that is set.
+    fn function_env(&self, path: &str) -> Result<Vec<(String, String)>> {
+        let raw = self.raw("FUNCTION_ENV_PASSTHROUGH");
+        let mut env = vec![("PATH".to_string(), path.to_string())];
+        for name in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            let valid = name.chars().enumerate().all(|(index, c)| {
+                c == '_' || c.is_ascii_alphabetic() || (index > 0 && c.is_ascii_digit())
+            });
+            if !valid {
+                return Err(Error::Config {
+                    variable: "FUNCTION_ENV_PASSTHROUGH",
+                    message: format!("{name:?} is not a variable name"),
+                });
+            }
+            if let Some(value) = (self.lookup)(name) {
+                env.push((name.to_string(), value));
+            }
+        }
+        Ok(env)
     }
 
     fn durability(&self, name: &'static str) -> Result<Durability> {

@@ -9,6 +9,8 @@ pub enum Error {
     /// A request field or query parameter is missing, has the wrong type or is out of range.
     /// The message names the field.
     Validation(String),
+    /// The job names a function that does not exist (or is not a valid function name).
+    UnknownFunction(String),
     /// The request body is not well-formed JSON.
     InvalidJson(String),
     /// The job (or route) does not exist.
@@ -46,6 +48,7 @@ impl fmt::Display for Error {
         match self {
             Error::Validation(message)
             | Error::InvalidJson(message)
+            | Error::UnknownFunction(message)
             | Error::NotFound(message)
             | Error::InvalidState(message)
             | Error::UnsupportedMediaType(message)

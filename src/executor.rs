@@ -1,5 +1,6 @@
 //! Runs one attempt of a job under its watchdog: the attempt gets the job's timeout, and a
-//! shutdown abort stops it at once.
+//! shutdown abort or a cancel stops it at once. A job that names a function runs it as a child
+//! process (`process`); any other job is simulated.
 //!
 //! A simulated job's work is a wait, so the attempt runs on the worker's own thread: the wait
 //! is a `select!` on the abort channel bounded by the earlier of the job's duration and its
@@ -11,8 +12,21 @@ use std::time::Duration;
 use crossbeam_channel::{select, Receiver};
 use serde_json::Value;
 
+use crate::functions::Functions;
 use crate::job::Job;
+use crate::process;
 use crate::simulation::{Simulation, SimulationEnd};
+
+/// What running functions needs, from the configuration.
+pub struct FunctionRunner {
+    pub functions: Functions,
+    pub max_output: usize,
+    pub kill_grace: std::time::Duration,
+    /// `PATH` and the passed-through variables, as the server had them at start.
+    pub env: Vec<(String, String)>,
+}
+
+pub use crate::job::AttemptDetails as Details;
 
 /// How an attempt ended, as the watchdog saw it.
 #[derive(Debug, PartialEq)]
@@ -29,7 +43,27 @@ pub enum Outcome {
 
 /// Runs one attempt of `job`. Neither channel is ever sent on: `abort` (the pool's) closes to
 /// interrupt every attempt, `cancel` (this attempt's) to cancel this one.
-pub fn run_attempt(job: &Job, abort: &Receiver<()>, cancel: &Receiver<()>) -> Outcome {
+pub fn run_attempt(
+    job: &Job,
+    runner: &FunctionRunner,
+    abort: &Receiver<()>,
+    cancel: &Receiver<()>,
+) -> (Outcome, Details) {
+    let Some(name) = &job.function else {
+        return (simulate(job, abort, cancel), Details::default());
+    };
+    match runner.functions.resolve(name) {
+        Some(path) => process::run(runner, job, name, &path, abort, cancel),
+        None => (
+            Outcome::Failed(format!(
+                "function {name:?} no longer exists in FUNCTIONS_DIR"
+            )),
+            Details::default(),
+        ),
+    }
+}
+
+fn simulate(job: &Job, abort: &Receiver<()>, cancel: &Receiver<()>) -> Outcome {
     let simulation = match Simulation::from_payload(&job.payload) {
         Ok(simulation) => simulation,
         // Stored payloads were validated at submit; this covers rows written otherwise.
@@ -85,6 +119,8 @@ mod tests {
             error_message: None,
             priority: 0,
             run_at: Timestamp::from_micros(0),
+            function: None,
+            attempt: None,
         }
     }
 
@@ -98,7 +134,7 @@ mod tests {
         let ((_a, abort), (_c, cancel)) = (open(), open());
         let ok = job(json!({"duration_ms": 0, "result": [1]}), 5);
         assert_eq!(
-            run_attempt(&ok, &abort, &cancel),
+            simulate(&ok, &abort, &cancel),
             Outcome::Succeeded(json!([1]))
         );
         let failing = job(
@@ -106,7 +142,7 @@ mod tests {
             5,
         );
         assert_eq!(
-            run_attempt(&failing, &abort, &cancel),
+            simulate(&failing, &abort, &cancel),
             Outcome::Failed("no".into())
         );
     }
@@ -116,7 +152,7 @@ mod tests {
         let ((_a, abort), (_c, cancel)) = (open(), open());
         let started = Instant::now();
         let slow = job(json!({"duration_ms": 60_000}), 1);
-        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::TimedOut);
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::TimedOut);
         let elapsed = started.elapsed();
         assert!(
             elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
@@ -130,10 +166,10 @@ mod tests {
         let ((stop, abort), (_c, cancel)) = (open(), open());
         drop(stop);
         let started = Instant::now();
-        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::Interrupted);
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::Interrupted);
         let ((_a, abort), (stop, cancel)) = (open(), open());
         drop(stop);
-        assert_eq!(run_attempt(&slow, &abort, &cancel), Outcome::Cancelled);
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

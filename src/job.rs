@@ -96,6 +96,11 @@ pub struct Job {
     pub error_message: Option<String>,
     pub priority: u8,
     pub run_at: Timestamp,
+    /// The function the job runs, or `None` for a simulated job.
+    pub function: Option<String>,
+    /// The number of the attempt this job was claimed for (internal; set by a claim).
+    #[serde(skip)]
+    pub attempt: Option<u32>,
 }
 
 impl Job {
@@ -118,6 +123,13 @@ pub struct Attempt {
     pub result: Option<Value>,
     pub error_message: Option<String>,
     /// For attempts that run a process; null for simulated jobs.
+    pub exit_code: Option<i32>,
+    pub stderr_tail: Option<String>,
+}
+
+/// What an attempt that ran a process leaves besides its outcome; empty for simulated jobs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AttemptDetails {
     pub exit_code: Option<i32>,
     pub stderr_tail: Option<String>,
 }
@@ -163,10 +175,13 @@ pub struct NewJob {
     pub priority: u8,
     /// When the job becomes due; `None` means at submission time.
     pub run_at: Option<Timestamp>,
+    /// The function to run; `None` simulates.
+    pub function: Option<String>,
 }
 
-const SUBMIT_FIELDS: [&str; 6] = [
+const SUBMIT_FIELDS: [&str; 7] = [
     "payload",
+    "function",
     "timeout_seconds",
     "max_retries",
     "priority",
@@ -206,12 +221,22 @@ impl NewJob {
         let priority = optional_integer(&fields, "priority", 0, MAX_PRIORITY)?
             .map_or(0, |value| u8::try_from(value).unwrap_or(u8::MAX));
         let run_at = schedule(&fields, now)?;
+        let function = match fields.remove("function") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(name),
+            Some(other) => {
+                return Err(Error::Validation(format!(
+                    "function must be the name of a function, got {other}"
+                )))
+            }
+        };
         Ok(NewJob {
             payload,
             timeout_seconds,
             max_retries,
             priority,
             run_at,
+            function,
         })
     }
 }
@@ -295,6 +320,7 @@ mod tests {
                 max_retries: 3,
                 priority: 0,
                 run_at: None,
+                function: None,
             }
         );
     }

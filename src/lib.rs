@@ -10,8 +10,10 @@
 pub mod config;
 pub mod error;
 mod executor;
+mod functions;
 mod http;
 mod job;
+mod process;
 mod retry;
 mod running;
 mod shutdown;

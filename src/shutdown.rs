@@ -11,6 +11,8 @@ use log::{info, warn};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::executor::FunctionRunner;
+use crate::functions::Functions;
 use crate::http::HttpServer;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
@@ -46,13 +48,21 @@ pub fn run(
         warn!("recovered {recovered} job(s) left running by an earlier crash");
     }
     let running = Arc::new(RunningAttempts::default());
+    let functions = Functions::new(config.functions_dir.clone());
+    let runner = Arc::new(FunctionRunner {
+        functions: functions.clone(),
+        max_output: config.function_max_output_bytes,
+        kill_grace: config.function_kill_grace,
+        env: config.function_env.clone(),
+    });
     let (mut pool, waker) = WorkerPool::start(
         config.worker_count,
         Arc::clone(&store),
         retry,
         Arc::clone(&running),
+        runner,
     )?;
-    let server = HttpServer::start(&config, store, waker, running)?;
+    let server = HttpServer::start(&config, store, waker, running, functions)?;
     info!(
         "listening on http://{} with {} workers, database {}",
         server.local_addr(),

@@ -22,8 +22,9 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use log::{debug, error, info, warn};
 
 use crate::error::Result;
+use crate::executor::FunctionRunner;
 use crate::executor::{self, Outcome};
-use crate::job::{AttemptEnd, Job};
+use crate::job::{AttemptDetails, AttemptEnd, Job};
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::Store;
@@ -95,6 +96,8 @@ struct WorkerContext {
     waker: Waker,
     /// Where this worker registers each attempt so that it can be cancelled.
     running: Arc<RunningAttempts>,
+    /// How to run a job that names a function.
+    runner: Arc<FunctionRunner>,
     /// This worker's slot in `waker.sleepers`.
     slot: usize,
     drain: Receiver<()>,
@@ -110,6 +113,7 @@ impl WorkerPool {
         store: Arc<Store>,
         retry: RetryPolicy,
         running: Arc<RunningAttempts>,
+        runner: Arc<FunctionRunner>,
     ) -> Result<(WorkerPool, Waker)> {
         let (wake_sender, wake) = bounded(count);
         let sleepers = Sleepers((0..count).map(|_| AtomicI64::new(AWAKE)).collect());
@@ -128,6 +132,7 @@ impl WorkerPool {
                 wake: wake.clone(),
                 waker: waker.clone(),
                 running: Arc::clone(&running),
+                runner: Arc::clone(&runner),
                 slot: number - 1,
                 drain: drain.clone(),
                 abort: abort.clone(),
@@ -186,7 +191,7 @@ fn work(context: &WorkerContext) {
         let job = match after.next.take() {
             Some(job) => job,
             None => match find_work(context, &mut draining, &mut known_due) {
-                Next::Run(job) => job,
+                Next::Run(job) => *job,
                 Next::LookAgain => continue,
                 Next::Stop => return,
             },
@@ -207,7 +212,7 @@ struct AfterAttempt {
 }
 
 enum Next {
-    Run(Job),
+    Run(Box<Job>),
     LookAgain,
     Stop,
 }
@@ -238,7 +243,7 @@ fn find_work(
         return match context.store.claim_next_due(now) {
             Ok(Some(job)) => {
                 hand_over_the_watch(context);
-                Next::Run(job)
+                Next::Run(Box::new(job))
             }
             // Another worker was quicker.
             Ok(None) => Next::LookAgain,
@@ -307,7 +312,8 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     info!("job {} started (attempt {})", job.id, job.retry_count + 1);
     let started = Instant::now();
     let cancel = context.running.start(&job);
-    let end = match executor::run_attempt(&job, &context.abort, &cancel) {
+    let (outcome, details) = executor::run_attempt(&job, &context.runner, &context.abort, &cancel);
+    let end = match outcome {
         Outcome::Succeeded(result) => AttemptEnd::Succeeded { result },
         Outcome::Failed(error) => context.retry.after_failure(&job, error, Timestamp::now()),
         Outcome::TimedOut => AttemptEnd::TimedOut {
@@ -327,11 +333,14 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     let now = Timestamp::now();
     let (recorded, after) = if matches!(end, AttemptEnd::Released { .. }) {
         (
-            context.store.finish_attempt(&job, &end, now),
+            context.store.finish_attempt(&job, &end, &details, now),
             AfterAttempt::default(),
         )
     } else {
-        match context.store.finish_and_claim_next(&job, &end, now) {
+        match context
+            .store
+            .finish_and_claim_next(&job, &end, &details, now)
+        {
             Ok(done) => (
                 Ok(done.recorded),
                 AfterAttempt {
@@ -344,7 +353,10 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
                     "job {}: cannot record its outcome ({err}); trying again",
                     job.id
                 );
-                (record_again(context, &job, &end), AfterAttempt::default())
+                (
+                    record_again(context, &job, &end, &details),
+                    AfterAttempt::default(),
+                )
             }
         }
     };
@@ -365,8 +377,15 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
 
 /// Retries recording an outcome a few times, a second apart (sooner if the pool is aborted), so
 /// that a passing database error does not leave the job `running` until the next start.
-fn record_again(context: &WorkerContext, job: &Job, end: &AttemptEnd) -> Result<bool> {
-    let mut last = context.store.finish_attempt(job, end, Timestamp::now());
+fn record_again(
+    context: &WorkerContext,
+    job: &Job,
+    end: &AttemptEnd,
+    details: &AttemptDetails,
+) -> Result<bool> {
+    let mut last = context
+        .store
+        .finish_attempt(job, end, details, Timestamp::now());
     for _ in 1..RECORD_ATTEMPTS {
         if last.is_ok() {
             break;
@@ -375,7 +394,9 @@ fn record_again(context: &WorkerContext, job: &Job, end: &AttemptEnd) -> Result<
             recv(context.abort) -> _ => break,
             default(DATABASE_RETRY_WAIT) => {}
         }
-        last = context.store.finish_attempt(job, end, Timestamp::now());
+        last = context
+            .store
+            .finish_attempt(job, end, details, Timestamp::now());
     }
     last
 }
@@ -429,7 +450,7 @@ pub fn recover_interrupted(store: &Store, retry: &RetryPolicy) -> Result<usize> 
         let now = Timestamp::now();
         let error = "interrupted: the server stopped while this attempt was running".to_string();
         let end = retry.after_failure(job, error, now);
-        store.finish_attempt(job, &end, now)?;
+        store.finish_attempt(job, &end, &AttemptDetails::default(), now)?;
         match end {
             AttemptEnd::Failed { retry_at: Some(at), .. } => warn!(
                 "job {} recovered: its attempt was interrupted by a crash; retry {} of {} at {at}",

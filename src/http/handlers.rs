@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::http::request::query_pairs;
 use crate::http::response::ApiResponse;
 use crate::job::{Job, JobDefaults, JobStatus, NewJob};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub waker: Waker,
     /// To stop a running attempt on cancel or delete.
     pub running: Arc<RunningAttempts>,
+    /// The functions jobs can name.
+    pub functions: Functions,
     pub defaults: JobDefaults,
     pub max_body_bytes: usize,
     /// Set once shutdown begins; from then on every request is answered 503.
@@ -75,7 +78,19 @@ struct Submitted<'a> {
 pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
     let now = Timestamp::now();
     let job = NewJob::from_json(body, state.defaults, now)?;
-    Simulation::from_payload(&job.payload)?;
+    match &job.function {
+        Some(name) => {
+            if state.functions.resolve(name).is_none() {
+                return Err(Error::UnknownFunction(format!(
+                    "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
+                )));
+            }
+        }
+        // Simulation keys are checked at submit so a typo fails now, not at run time.
+        None => {
+            Simulation::from_payload(&job.payload)?;
+        }
+    }
     let id = uuid::Uuid::new_v4().to_string();
     state.store.insert(id.clone(), &job, now)?;
     log::info!("job {id} submitted");
@@ -88,6 +103,10 @@ pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
         },
     )
     .with_header("Location", format!("/jobs/{id}")))
+}
+
+pub fn functions(state: &AppState) -> ApiResponse {
+    ApiResponse::json(200, &state.functions.list())
 }
 
 pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {

@@ -19,6 +19,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::functions::Functions;
 use crate::job::JobDefaults;
 use crate::running::RunningAttempts;
 use crate::store::Store;
@@ -58,6 +59,7 @@ impl HttpServer {
         store: Arc<Store>,
         waker: Waker,
         running: Arc<RunningAttempts>,
+        functions: Functions,
     ) -> Result<HttpServer> {
         let (server, local_addr) = listen(config.server_addr).map_err(|err| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
@@ -67,6 +69,7 @@ impl HttpServer {
             store,
             waker,
             running,
+            functions,
             defaults: JobDefaults {
                 timeout_seconds: config.default_timeout_seconds,
                 max_retries: config.default_max_retries,

@@ -99,6 +99,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
     match error {
         Error::Validation(_) => (400, "validation_error"),
         Error::InvalidJson(_) => (400, "invalid_json"),
+        Error::UnknownFunction(_) => (400, "unknown_function"),
         Error::NotFound(_) => (404, "not_found"),
         Error::MethodNotAllowed { .. } => (405, "method_not_allowed"),
         Error::InvalidState(_) => (409, "invalid_state"),

@@ -20,6 +20,7 @@ pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (Method::Get, ["health"]) => Ok(handlers::health(state)),
+        (Method::Get, ["functions"]) => Ok(handlers::functions(state)),
         (Method::Post, ["jobs"]) => {
             let body = read_json_body(request, state.max_body_bytes)?;
             handlers::submit(state, body)
@@ -30,7 +31,7 @@ pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
         (Method::Post, ["jobs", id, "retry"]) => handlers::retry(state, id),
         (Method::Post, ["jobs", id, "cancel"]) => handlers::cancel(state, id),
         (Method::Get, ["jobs", id, "attempts"]) => handlers::attempts(state, id),
-        (_, ["health"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (_, ["health" | "functions"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         (_, ["jobs", _]) => Err(Error::MethodNotAllowed {
             allow: "GET, DELETE",

@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::job::{Attempt, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
+use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit};
 use row::{RawAttempt, RawJob};
@@ -31,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 macro_rules! job_columns {
     () => {
         "id, payload, status, created_at, started_at, finished_at, retry_count, \
-         max_retries, timeout_seconds, result, error_message, priority, run_at"
+         max_retries, timeout_seconds, result, error_message, priority, run_at, function"
     };
 }
 
@@ -85,18 +85,19 @@ const DELETE_ATTEMPTS: &str =
     "DELETE FROM attempts WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1)";
 /// Numbers the attempt after the job's last one: `max` over the primary key is one seek.
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, attempt, status, started_at)
-     SELECT ?1, coalesce(max(attempt), 0) + 1, 'running', ?2 FROM attempts WHERE job_seq = ?1";
+     SELECT ?1, coalesce(max(attempt), 0) + 1, 'running', ?2 FROM attempts WHERE job_seq = ?1
+     RETURNING attempt";
 /// Ends the attempt that started at `?2` (the attempt token, as for `FINISH_ATTEMPT`).
 const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at = ?4, result = ?5,
-        error_message = ?6
+        error_message = ?6, exit_code = ?7, stderr_tail = ?8
      WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1) AND started_at IS ?2
        AND status = 'running'";
 const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
         error_message, exit_code, stderr_tail
      FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
 const INSERT_JOB: &str = "INSERT INTO jobs
-        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds)
-     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)";
+        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8)";
 /// Ends a running attempt. `?2` is the new status, or `released` for an attempt the server
 /// stopped, which goes back to `pending` without counting as a retry. A `pending` status with
 /// `?6` set is a retry after a failure: one more retry counted, due at `?6`. `?7` is the
@@ -184,6 +185,7 @@ impl Store {
         let run_at = job.run_at.unwrap_or(now).as_micros();
         let (priority, max_retries, timeout_seconds) =
             (job.priority, job.max_retries, job.timeout_seconds);
+        let function = job.function.clone();
         self.writes.write(move |connection| {
             connection.prepare_cached(INSERT_JOB)?.execute(params![
                 id,
@@ -192,7 +194,8 @@ impl Store {
                 run_at,
                 now.as_micros(),
                 max_retries,
-                timeout_seconds
+                timeout_seconds,
+                function
             ])?;
             Ok(())
         })
@@ -268,8 +271,14 @@ impl Store {
 
     /// Records how a running attempt ended. Returns `false` when that attempt is no longer the
     /// job's running one (the job was deleted meanwhile), in which case nothing is written.
-    pub fn finish_attempt(&self, job: &Job, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
-        let finish = Finish::new(job, end, now)?;
+    pub fn finish_attempt(
+        &self,
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let finish = Finish::new(job, end, details, now)?;
         // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
         // next start treats that attempt as interrupted. Readers see it only once committed.
         self.writes
@@ -284,9 +293,10 @@ impl Store {
         &self,
         job: &Job,
         end: &AttemptEnd,
+        details: &AttemptDetails,
         now: Timestamp,
     ) -> Result<FinishAndClaim> {
-        let finish = Finish::new(job, end, now)?;
+        let finish = Finish::new(job, end, details, now)?;
         let write = move |connection: &Connection| {
             in_savepoint(connection, |connection| {
                 let recorded = finish.run(connection)?;
@@ -444,10 +454,10 @@ fn claim_in(connection: &Connection, now: Timestamp) -> Result<Option<RawJob>> {
             let raw = connection
                 .prepare_cached(START_ATTEMPT)?
                 .query_row(params![seq, now], RawJob::from_row)?;
-            connection
+            let attempt: u32 = connection
                 .prepare_cached(INSERT_ATTEMPT)?
-                .execute(params![seq, now])?;
-            return Ok(Some(raw));
+                .query_row(params![seq, now], |row| row.get(0))?;
+            return Ok(Some(raw.with_attempt(attempt)));
         }
     }
     Ok(None)
@@ -464,6 +474,7 @@ fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
 struct Finish {
     id: String,
     started_at: Option<i64>,
+    details: AttemptDetails,
     status: &'static str,
     finished_at: i64,
     result: Option<String>,
@@ -472,7 +483,12 @@ struct Finish {
 }
 
 impl Finish {
-    fn new(job: &Job, end: &AttemptEnd, now: Timestamp) -> Result<Finish> {
+    fn new(
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<Finish> {
         let (status, result, error, retry_at) = match end {
             AttemptEnd::Succeeded { result } => {
                 let encoded = serde_json::to_string(result)
@@ -494,6 +510,7 @@ impl Finish {
         Ok(Finish {
             id: job.id.clone(),
             started_at: job.started_at.map(Timestamp::as_micros),
+            details: details.clone(),
             status,
             finished_at: now.as_micros(),
             result,
@@ -518,7 +535,9 @@ impl Finish {
                 attempt_status,
                 self.finished_at,
                 self.result,
-                self.error
+                self.error,
+                self.details.exit_code,
+                self.details.stderr_tail
             ])?;
         let changed = connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
             self.id,
@@ -587,6 +606,7 @@ mod tests {
             max_retries: 1,
             priority,
             run_at: run_at.map(Timestamp::from_micros),
+            function: None,
         }
     }
 
@@ -647,7 +667,9 @@ mod tests {
         let attempt = store.claim_next_due(now).unwrap().unwrap();
         assert!(store.delete("a").unwrap().is_some());
         let end = AttemptEnd::Succeeded { result: json!(1) };
-        assert!(!store.finish_attempt(&attempt, &end, now).unwrap());
+        assert!(!store
+            .finish_attempt(&attempt, &end, &AttemptDetails::default(), now)
+            .unwrap());
         assert!(store.get("a").unwrap().is_none());
     }
 
@@ -665,7 +687,12 @@ mod tests {
             reason: "test".into(),
         };
         assert!(store
-            .finish_attempt(&first, &released, Timestamp::from_micros(3))
+            .finish_attempt(
+                &first,
+                &released,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(3)
+            )
             .unwrap());
         let second = store
             .claim_next_due(Timestamp::from_micros(4))
@@ -676,14 +703,24 @@ mod tests {
             result: json!("stale"),
         };
         assert!(!store
-            .finish_attempt(&first, &late, Timestamp::from_micros(5))
+            .finish_attempt(
+                &first,
+                &late,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(5)
+            )
             .unwrap());
         assert_eq!(store.get("a").unwrap().unwrap().status, JobStatus::Running);
         let done = AttemptEnd::Succeeded {
             result: json!("fresh"),
         };
         assert!(store
-            .finish_attempt(&second, &done, Timestamp::from_micros(6))
+            .finish_attempt(
+                &second,
+                &done,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(6)
+            )
             .unwrap());
         assert_eq!(
             store.get("a").unwrap().unwrap().result,
@@ -706,7 +743,12 @@ mod tests {
             retry_at: Some(Timestamp::from_micros(90)),
         };
         let done = store
-            .finish_and_claim_next(&attempt, &retry, Timestamp::from_micros(3))
+            .finish_and_claim_next(
+                &attempt,
+                &retry,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(3),
+            )
             .unwrap();
         assert!(done.recorded && done.next.is_none());
         assert_eq!(done.next_due, Some(Timestamp::from_micros(90)));
@@ -813,7 +855,12 @@ mod tests {
             retry_at: Some(Timestamp::from_micros(20)),
         };
         store
-            .finish_attempt(&first, &retry, Timestamp::from_micros(2_010))
+            .finish_attempt(
+                &first,
+                &retry,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(2_010),
+            )
             .unwrap();
         let second = store
             .claim_next_due(Timestamp::from_micros(30))
@@ -830,7 +877,12 @@ mod tests {
             result: json!({"ok": true}),
         };
         store
-            .finish_attempt(&second, &done, Timestamp::from_micros(40))
+            .finish_attempt(
+                &second,
+                &done,
+                &AttemptDetails::default(),
+                Timestamp::from_micros(40),
+            )
             .unwrap();
         let attempts = store.attempts("a").unwrap().unwrap();
         assert_eq!(attempts[1].result, Some(json!({"ok": true})));

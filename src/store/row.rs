@@ -23,9 +23,17 @@ pub struct RawJob {
     error_message: Option<String>,
     priority: u8,
     run_at: i64,
+    function: Option<String>,
+    /// Set by a claim: the number of the attempt it opened.
+    attempt: Option<u32>,
 }
 
 impl RawJob {
+    pub fn with_attempt(mut self, attempt: u32) -> RawJob {
+        self.attempt = Some(attempt);
+        self
+    }
+
     pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {
         Ok(RawJob {
             id: row.get(0)?,
@@ -41,6 +49,8 @@ impl RawJob {
             error_message: row.get(10)?,
             priority: row.get(11)?,
             run_at: row.get(12)?,
+            function: row.get(13)?,
+            attempt: None,
         })
     }
 
@@ -70,6 +80,8 @@ impl RawJob {
             error_message: self.error_message,
             priority: self.priority,
             run_at: Timestamp::from_micros(self.run_at),
+            function: self.function,
+            attempt: self.attempt,
             id: self.id,
         })
     }

@@ -48,6 +48,8 @@ pub const MIGRATIONS: &[&str] = &[
         stderr_tail   TEXT,
         PRIMARY KEY (job_seq, attempt)
      ) WITHOUT ROWID;",
+    // 4: the function a job runs; null for simulated jobs.
+    "ALTER TABLE jobs ADD COLUMN function TEXT;",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.

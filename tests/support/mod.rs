@@ -34,7 +34,7 @@ pub fn config_vars() -> impl Iterator<Item = &'static str> {
 }
 
 /// The fields of a job as every endpoint returns it.
-pub const JOB_FIELDS: [&str; 13] = [
+pub const JOB_FIELDS: [&str; 14] = [
     "id",
     "payload",
     "status",
@@ -48,6 +48,7 @@ pub const JOB_FIELDS: [&str; 13] = [
     "error_message",
     "priority",
     "run_at",
+    "function",
 ];
 
 pub const STATUSES: [&str; 6] = [
@@ -556,6 +557,10 @@ pub fn assert_job_shape(job: &Value) {
     assert!(
         job["error_message"].is_null() || job["error_message"].is_string(),
         "error_message must be a string or null: {job}"
+    );
+    assert!(
+        job["function"].is_null() || job["function"].is_string(),
+        "function must be a string or null: {job}"
     );
 }
 
