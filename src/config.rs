@@ -157,7 +157,14 @@ impl Config {
                 86_400,
             )?),
             durability: reader.durability("DURABILITY")?,
-            functions_dir: PathBuf::from(reader.raw("FUNCTIONS_DIR")),
+            // Absolute now: a function runs with its own working directory, where a relative
+            // path would point somewhere else.
+            functions_dir: std::path::absolute(reader.raw("FUNCTIONS_DIR")).map_err(|err| {
+                Error::Config {
+                    variable: "FUNCTIONS_DIR",
+                    message: format!("cannot resolve the directory: {err}"),
+                }
+            })?,
             function_max_output_bytes: to_usize(reader.integer(
                 "FUNCTION_MAX_OUTPUT_BYTES",
                 1,

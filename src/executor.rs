@@ -24,6 +24,8 @@ pub struct FunctionRunner {
     pub kill_grace: std::time::Duration,
     /// `PATH` and the passed-through variables, as the server had them at start.
     pub env: Vec<(String, String)>,
+    /// The groups of the functions running now.
+    pub groups: std::sync::Arc<process::ProcessGroups>,
 }
 
 pub use crate::job::AttemptDetails as Details;

@@ -3,16 +3,17 @@
 //! with a cleared environment, in its own process group, so that stopping it (timeout, cancel,
 //! shutdown) can signal every process it started: SIGTERM, a grace period, then SIGKILL.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, Receiver};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -44,6 +45,39 @@ pub fn run(
     let ended = run_in(runner, job, name, path, &workdir, abort, cancel);
     let _ = fs::remove_dir_all(&workdir);
     ended
+}
+
+/// Process groups of the functions running now, so that a forced exit can still kill them.
+#[derive(Default)]
+pub struct ProcessGroups(Mutex<HashSet<i32>>);
+
+impl ProcessGroups {
+    fn add(&self, group: Pid) {
+        self.lock().insert(group.as_raw());
+    }
+
+    fn remove(&self, group: Pid) {
+        self.lock().remove(&group.as_raw());
+    }
+
+    /// SIGKILLs every running function's group: the last thing a forced exit does.
+    pub fn kill_all(&self) {
+        for group in self.lock().drain() {
+            signal_group(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<i32>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How the watchdog stopped an attempt before the function exited by itself.
+enum Stop {
+    Outcome(Outcome),
+    TooLarge,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -82,44 +116,65 @@ fn run_in(
     let group = i32::try_from(child.id())
         .map(Pid::from_raw)
         .unwrap_or(Pid::from_raw(-1));
-    let streams = Streams::start(&mut child, job, runner.max_output, group);
+    runner.groups.add(group);
+    let streams = Streams::start(&mut child, job, runner.max_output);
     let (exit_sender, exited) = bounded(1);
     // Waiting for the child is blocking, so it has a thread; the watchdog below selects on it.
     thread::spawn(move || {
         let _ = exit_sender.send(child.wait());
     });
-    let stopped = select! {
-        recv(exited) -> status => return finish(status.ok(), streams, group, runner),
-        recv(abort) -> _ => Outcome::Interrupted,
-        recv(cancel) -> _ => Outcome::Cancelled,
-        default(job.timeout()) => Outcome::TimedOut,
+    let stop = select! {
+        recv(exited) -> status => {
+            let ended = finish(status.ok(), &streams, group, runner);
+            runner.groups.remove(group);
+            return ended;
+        },
+        recv(streams.too_large) -> _ => Stop::TooLarge,
+        recv(abort) -> _ => Stop::Outcome(Outcome::Interrupted),
+        recv(cancel) -> _ => Stop::Outcome(Outcome::Cancelled),
+        default(job.timeout()) => Stop::Outcome(Outcome::TimedOut),
     };
-    signal_group(group, Signal::SIGTERM);
+    // The leader is not reaped until it exits, so its group id cannot be reused meanwhile.
+    if matches!(stop, Stop::TooLarge) {
+        signal_group(group, Signal::SIGKILL);
+    } else {
+        signal_group(group, Signal::SIGTERM);
+    }
     if exited.recv_timeout(runner.kill_grace).is_err() {
         signal_group(group, Signal::SIGKILL);
         let _ = exited.recv_timeout(READERS_WAIT);
     }
     signal_group(group, Signal::SIGKILL);
-    let (_, _, stderr_tail) = streams.collect();
-    (
-        stopped,
-        Details {
-            exit_code: None,
-            stderr_tail: Some(stderr_tail),
-        },
+    runner.groups.remove(group);
+    let (_, stderr_tail, _) = streams.collect();
+    let outcome = match stop {
+        Stop::Outcome(outcome) => outcome,
+        Stop::TooLarge => Outcome::Failed(too_large_message(runner)),
+    };
+    let details = Details {
+        exit_code: None,
+        stderr_tail: Some(stderr_tail),
+    };
+    (outcome, details)
+}
+
+fn too_large_message(runner: &FunctionRunner) -> String {
+    format!(
+        "the function's output exceeded FUNCTION_MAX_OUTPUT_BYTES ({} bytes)",
+        runner.max_output
     )
 }
 
 /// Maps how the child exited to the attempt's outcome.
 fn finish(
     status: Option<std::io::Result<ExitStatus>>,
-    streams: Streams,
+    streams: &Streams,
     group: Pid,
     runner: &FunctionRunner,
 ) -> (Outcome, Details) {
     // Whatever the function left running in its group goes with it.
     signal_group(group, Signal::SIGKILL);
-    let (stdout, too_large, stderr_tail) = streams.collect();
+    let (stdout, stderr_tail, complete) = streams.collect();
     let status = match status {
         Some(Ok(status)) => status,
         Some(Err(err)) => {
@@ -135,11 +190,14 @@ fn finish(
         exit_code: status.code(),
         stderr_tail: Some(stderr_tail.clone()),
     };
-    let outcome = if too_large {
-        Outcome::Failed(format!(
-            "the function's output exceeded FUNCTION_MAX_OUTPUT_BYTES ({} bytes)",
-            runner.max_output
-        ))
+    let outcome = if streams.too_large.try_recv().is_ok() {
+        Outcome::Failed(too_large_message(runner))
+    } else if !complete {
+        Outcome::Failed(
+            "the function exited, but a process it started outside its process group \
+             (setsid?) still holds its output open; that process is not stopped by the server"
+                .into(),
+        )
     } else if status.success() {
         Outcome::Succeeded(result_of(&stdout))
     } else if let Some(signal) = status.signal() {
@@ -172,14 +230,21 @@ fn signal_group(group: Pid, signal: Signal) {
     let _ = killpg(group, signal);
 }
 
-/// The child's pipes, each served by a thread so that none can block the child.
+/// The child's pipes, each drained by a thread into a shared buffer, so that none can block
+/// the child and what was read is kept even if a pipe never reaches its end.
 struct Streams {
-    stdout: Receiver<(Vec<u8>, bool)>,
-    stderr: Receiver<Vec<u8>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<VecDeque<u8>>>,
+    /// Closes when both readers have finished.
+    readers_done: Receiver<()>,
+    /// Receives once stdout goes over the limit.
+    too_large: Receiver<()>,
+    /// Held so that `too_large` never closes: a closed channel would read as a signal.
+    _over_limit: Sender<()>,
 }
 
 impl Streams {
-    fn start(child: &mut Child, job: &Job, max_output: usize, group: Pid) -> Streams {
+    fn start(child: &mut Child, job: &Job, max_output: usize) -> Streams {
         if let Some(mut stdin) = child.stdin.take() {
             let payload = serde_json::to_vec(&job.payload).unwrap_or_default();
             // A function that never reads its stdin must not block the attempt.
@@ -187,67 +252,94 @@ impl Streams {
                 let _ = stdin.write_all(&payload);
             });
         }
-        let (stdout_sender, stdout) = bounded(1);
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let (alive, readers_done) = bounded::<()>(0);
+        let (over_limit, too_large) = bounded(1);
         if let Some(mut pipe) = child.stdout.take() {
+            let (buffer, alive, over_limit) =
+                (Arc::clone(&stdout), alive.clone(), over_limit.clone());
             thread::spawn(move || {
-                let _ = stdout_sender.send(read_capped(&mut pipe, max_output, group));
+                if !read_capped(&mut pipe, max_output, &buffer) {
+                    let _ = over_limit.try_send(());
+                }
+                drop(alive);
             });
         }
-        let (stderr_sender, stderr) = bounded(1);
         if let Some(mut pipe) = child.stderr.take() {
+            let buffer = Arc::clone(&stderr);
             thread::spawn(move || {
-                let _ = stderr_sender.send(read_tail(&mut pipe, STDERR_TAIL_BYTES));
+                read_tail(&mut pipe, STDERR_TAIL_BYTES, &buffer);
+                drop(alive);
             });
         }
-        Streams { stdout, stderr }
+        Streams {
+            stdout,
+            stderr,
+            readers_done,
+            too_large,
+            _over_limit: over_limit,
+        }
     }
 
-    /// stdout, whether it went over the limit, and the stderr tail as text.
-    fn collect(self) -> (Vec<u8>, bool, String) {
-        let (stdout, too_large) = self.stdout.recv_timeout(READERS_WAIT).unwrap_or_default();
-        let stderr = self.stderr.recv_timeout(READERS_WAIT).unwrap_or_default();
+    /// stdout, the stderr tail as text, and whether both pipes reached their end in time.
+    fn collect(&self) -> (Vec<u8>, String, bool) {
+        let complete = matches!(
+            self.readers_done.recv_timeout(READERS_WAIT),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        let stdout = lock(&self.stdout).clone();
+        let stderr: Vec<u8> = lock(&self.stderr).iter().copied().collect();
         (
             stdout,
-            too_large,
             String::from_utf8_lossy(&stderr).into_owned(),
+            complete,
         )
     }
 }
 
-/// Reads up to `limit` bytes. Past the limit the whole group is killed at once: the attempt
-/// has failed, and a child writing on would otherwise block on a full pipe.
-fn read_capped(pipe: &mut impl Read, limit: usize, group: Pid) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads into `kept` until the end; returns `false` (and stops reading) once more than
+/// `limit` bytes arrived, so the watchdog can stop the function.
+fn read_capped(pipe: &mut impl Read, limit: usize, kept: &Mutex<Vec<u8>>) -> bool {
     let mut buffer = [0u8; 16 * 1024];
     loop {
         match pipe.read(&mut buffer) {
-            Ok(0) | Err(_) => return (kept, false),
+            Ok(0) => return true,
             Ok(read) => {
+                let mut kept = lock(kept);
                 if kept.len() + read > limit {
-                    signal_group(group, Signal::SIGKILL);
-                    return (kept, true);
+                    return false;
                 }
                 kept.extend_from_slice(&buffer[..read]);
             }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
     }
 }
 
-/// Reads to the end, keeping the last `keep` bytes.
-fn read_tail(pipe: &mut impl Read, keep: usize) -> Vec<u8> {
-    let mut tail = VecDeque::with_capacity(keep.min(4096));
+/// Reads to the end, keeping the last `keep` bytes in `tail`.
+fn read_tail(pipe: &mut impl Read, keep: usize, tail: &Mutex<VecDeque<u8>>) {
     let mut buffer = [0u8; 16 * 1024];
     loop {
         match pipe.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return,
             Ok(read) => {
+                let mut tail = lock(tail);
                 tail.extend(&buffer[..read]);
                 let excess = tail.len().saturating_sub(keep);
                 tail.drain(..excess);
             }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
-    tail.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -265,6 +357,16 @@ mod tests {
     #[test]
     fn the_stderr_tail_keeps_the_end() {
         let text = b"0123456789".repeat(10);
-        assert_eq!(read_tail(&mut &text[..], 5), b"56789".to_vec());
+        let tail = Mutex::new(VecDeque::new());
+        read_tail(&mut &text[..], 5, &tail);
+        assert_eq!(tail.into_inner().unwrap(), b"56789".to_vec());
+    }
+
+    #[test]
+    fn stdout_over_the_limit_stops_reading() {
+        let kept = Mutex::new(Vec::new());
+        assert!(read_capped(&mut &b"12345"[..], 5, &kept));
+        let kept = Mutex::new(Vec::new());
+        assert!(!read_capped(&mut &b"123456"[..], 5, &kept));
     }
 }

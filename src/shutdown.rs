@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::executor::FunctionRunner;
 use crate::functions::Functions;
 use crate::http::HttpServer;
+use crate::process::ProcessGroups;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::Store;
@@ -49,11 +50,13 @@ pub fn run(
     }
     let running = Arc::new(RunningAttempts::default());
     let functions = Functions::new(config.functions_dir.clone());
+    let groups = Arc::new(ProcessGroups::default());
     let runner = Arc::new(FunctionRunner {
         functions: functions.clone(),
         max_output: config.function_max_output_bytes,
         kill_grace: config.function_kill_grace,
         env: config.function_env.clone(),
+        groups: Arc::clone(&groups),
     });
     let (mut pool, waker) = WorkerPool::start(
         config.worker_count,
@@ -83,6 +86,7 @@ pub fn run(
         recv(pool.exited()) -> _ => info!("all due jobs finished"),
         recv(signals) -> _ => {
             warn!("second signal: exiting now; unfinished jobs are recovered at the next start");
+            groups.kill_all();
             return Ok(Exit::Forced);
         },
         default(config.shutdown_grace) => {
@@ -93,6 +97,7 @@ pub fn run(
     pool.join();
     if !server.stop(HTTP_STOP_PATIENCE, &signals) {
         warn!("second signal: exiting now");
+        groups.kill_all();
         return Ok(Exit::Forced);
     }
     info!("stopped");

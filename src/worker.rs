@@ -331,7 +331,9 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     };
     let elapsed = started.elapsed();
     let now = Timestamp::now();
-    let (recorded, after) = if matches!(end, AttemptEnd::Released { .. }) {
+    // While the pool is being aborted nothing new is claimed.
+    let aborting = matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected));
+    let (recorded, after) = if aborting || matches!(end, AttemptEnd::Released { .. }) {
         (
             context.store.finish_attempt(&job, &end, &details, now),
             AfterAttempt::default(),

@@ -841,3 +841,80 @@ fn the_shipped_example_functions_work() {
     let job = wait_final(&server, &id, secs(10));
     assert_eq!(job["status"], "timeout", "{job}");
 }
+
+/// The default `FUNCTIONS_DIR` is relative; functions run in their own working directory, so
+/// the server must resolve it against its own.
+#[test]
+fn a_relative_functions_dir_is_resolved_against_the_server_directory() {
+    let server = TestServer::builder().env("FUNCTIONS_DIR", "fns").start();
+    let dir = server.dir().join("fns");
+    fs::create_dir(&dir).expect("create fns");
+    let path = dir.join("hello");
+    fs::write(&path, "#!/bin/sh\necho hello\n").expect("write the script");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let job = run(&server, "hello", json!({}));
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(job["result"], "hello");
+}
+
+/// A process that leaves the function's group (setsid) escapes the kill; if it keeps the
+/// output open the attempt fails saying so, promptly, instead of reporting empty output.
+#[test]
+fn a_process_that_escapes_the_group_holding_stdout_fails_the_attempt() {
+    let functions = Functions::new();
+    functions.script(
+        "escape",
+        &format!(
+            "{READ_PIDFILE}\nsetsid sh -c 'exec sleep 20' &\necho \"$!\" >> \"$pidfile\"\n\
+             sleep 0.2\necho '{{\"ok\": 1}}'"
+        ),
+    );
+    let server = functions.server().start();
+    let pidfile = functions.scratch("pids");
+    let id = submit_fn(
+        &server,
+        "escape",
+        json!({"pidfile": pidfile.to_str().unwrap()}),
+    );
+    let escaped = read_pids(&pidfile, 1);
+    let job = wait_final(&server, &id, secs(10));
+    for pid in escaped {
+        // Not the server's to stop (it left the group); the test cleans up after itself.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert_eq!(job["status"], "failed", "{job}");
+    let message = job["error_message"].as_str().unwrap_or_default();
+    assert!(message.contains("outside its process group"), "{job}");
+}
+
+/// A second signal exits at once, but not before killing the groups of running functions.
+#[test]
+fn a_forced_exit_still_kills_running_functions() {
+    let functions = Functions::new();
+    functions.script(
+        "sleeper",
+        &format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait"),
+    );
+    let mut server = functions.server().start();
+    let pidfile = functions.scratch("pids");
+    let id = submit_fn(
+        &server,
+        "sleeper",
+        json!({"pidfile": pidfile.to_str().unwrap()}),
+    );
+    let pids = read_pids(&pidfile, 2);
+    server.wait_for_status(&id, "running", secs(5));
+    server.sigterm();
+    // Signals of one kind do not queue: send the second once the first has been acted on.
+    eventually(
+        secs(5),
+        "the server to answer 503 while draining",
+        || match server.try_request("GET", "/health", &[], None) {
+            Ok(response) if response.status == 503 => Some(()),
+            _ => None,
+        },
+    );
+    server.sigterm();
+    server.wait_exit(secs(5));
+    assert_all_gone(&pids);
+}
