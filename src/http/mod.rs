@@ -178,22 +178,22 @@ fn serve(server: &tiny_http::Server, state: &AppState) {
 
 fn handle(state: &AppState, mut request: tiny_http::Request) {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    // The request line is copied only when the request log is on.
+    let line = log::log_enabled!(log::Level::Info).then(|| {
+        let path = request.url().split('?').next().unwrap_or_default();
+        format!("{} {path}", request.method())
+    });
     let response = answer_or_500(|| routes::route(state, &mut request));
     let status = response.status;
     if let Err(err) = request.respond(response.into_tiny()) {
-        debug!("could not send the response to {method} {path}: {err}");
+        debug!("could not send a response: {err}");
     }
-    info!(
-        "{method} {path} {status} {:.3}ms",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+    if let Some(line) = line {
+        info!(
+            "{line} {status} {:.3}ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }
 
 /// Runs a handler so that an error becomes its JSON response and a panic becomes a JSON 500;

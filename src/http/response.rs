@@ -77,14 +77,23 @@ impl ApiResponse {
         let has_body = self.body.is_some();
         let mut response = tiny_http::Response::from_data(self.body.unwrap_or_default())
             .with_status_code(self.status);
-        if has_body {
-            add_header(&mut response, "Content-Type", "application/json");
+        if let Some(content_type) = json_content_type().filter(|_| has_body) {
+            response.add_header(content_type);
         }
         for (name, value) in &self.headers {
             add_header(&mut response, name, value);
         }
         response
     }
+}
+
+/// Built once: parsing and checking a header's bytes costs more than cloning it. (`None`
+/// cannot happen with these constant bytes.)
+fn json_content_type() -> Option<tiny_http::Header> {
+    static HEADER: std::sync::OnceLock<Option<tiny_http::Header>> = std::sync::OnceLock::new();
+    HEADER
+        .get_or_init(|| tiny_http::Header::from_bytes("Content-Type", "application/json").ok())
+        .clone()
 }
 
 fn add_header<R: std::io::Read>(response: &mut tiny_http::Response<R>, name: &str, value: &str) {
