@@ -123,6 +123,7 @@ mod tests {
             run_at: Timestamp::from_micros(0),
             function: None,
             attempt: None,
+            seq: 0,
         }
     }
 

@@ -101,6 +101,9 @@ pub struct Job {
     /// The number of the attempt this job was claimed for (internal; set by a claim).
     #[serde(skip)]
     pub attempt: Option<u32>,
+    /// The row's key in the store (internal).
+    #[serde(skip)]
+    pub seq: i64,
 }
 
 impl Job {

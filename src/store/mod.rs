@@ -31,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 macro_rules! job_columns {
     () => {
         "id, payload, status, created_at, started_at, finished_at, retry_count, \
-         max_retries, timeout_seconds, result, error_message, priority, run_at, function"
+         max_retries, timeout_seconds, result, error_message, priority, run_at, function, seq"
     };
 }
 
@@ -90,8 +90,7 @@ const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, attempt, status, st
 /// Ends the attempt that started at `?2` (the attempt token, as for `FINISH_ATTEMPT`).
 const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at = ?4, result = ?5,
         error_message = ?6, exit_code = ?7, stderr_tail = ?8
-     WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1) AND started_at IS ?2
-       AND status = 'running'";
+     WHERE job_seq = ?1 AND started_at IS ?2 AND status = 'running'";
 const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
         error_message, exit_code, stderr_tail
      FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
@@ -110,7 +109,7 @@ const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         error_message = ?5,
         retry_count = retry_count + (?6 IS NOT NULL),
         run_at = coalesce(?6, run_at)
-     WHERE id = ?1 AND status = 'running' AND started_at IS ?7";
+     WHERE seq = ?1 AND status = 'running' AND started_at IS ?7";
 
 pub struct Store {
     writes: GroupCommit,
@@ -472,7 +471,8 @@ fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
 
 /// The end of an attempt, encoded for `FINISH_ATTEMPT`.
 struct Finish {
-    id: String,
+    /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
+    seq: i64,
     started_at: Option<i64>,
     details: AttemptDetails,
     status: &'static str,
@@ -508,7 +508,7 @@ impl Finish {
             AttemptEnd::Cancelled { reason } => ("cancelled", None, Some(reason.clone()), None),
         };
         Ok(Finish {
-            id: job.id.clone(),
+            seq: job.seq,
             started_at: job.started_at.map(Timestamp::as_micros),
             details: details.clone(),
             status,
@@ -530,7 +530,7 @@ impl Finish {
         connection
             .prepare_cached(FINISH_ATTEMPT_ROW)?
             .execute(params![
-                self.id,
+                self.seq,
                 self.started_at,
                 attempt_status,
                 self.finished_at,
@@ -540,7 +540,7 @@ impl Finish {
                 self.details.stderr_tail
             ])?;
         let changed = connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-            self.id,
+            self.seq,
             self.status,
             self.finished_at,
             self.result,
@@ -815,7 +815,7 @@ mod tests {
             ),
             (
                 FINISH_ATTEMPT,
-                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
+                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
             ),
             (
                 DELETE_JOB,
@@ -826,7 +826,7 @@ mod tests {
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
             ),
             (INSERT_ATTEMPT, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (FINISH_ATTEMPT_ROW, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
+            (FINISH_ATTEMPT_ROW, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
         ];

@@ -24,6 +24,7 @@ pub struct RawJob {
     priority: u8,
     run_at: i64,
     function: Option<String>,
+    seq: i64,
     /// Set by a claim: the number of the attempt it opened.
     attempt: Option<u32>,
 }
@@ -50,6 +51,7 @@ impl RawJob {
             priority: row.get(11)?,
             run_at: row.get(12)?,
             function: row.get(13)?,
+            seq: row.get(14)?,
             attempt: None,
         })
     }
@@ -81,6 +83,7 @@ impl RawJob {
             priority: self.priority,
             run_at: Timestamp::from_micros(self.run_at),
             function: self.function,
+            seq: self.seq,
             attempt: self.attempt,
             id: self.id,
         })
