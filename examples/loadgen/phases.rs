@@ -276,24 +276,19 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
         window: bench.plan.window / 2,
     };
     let mut acknowledged = 0;
+    let rounds_wanted = bench.plan.paired_rounds;
     let mut paired = |connections: usize| -> Result<(Rate, Rate)> {
-        let (mut real, mut ceiling) = (Vec::new(), Vec::new());
-        for round in 1..=PAIRED_ROUNDS {
+        let mut rounds = Vec::new();
+        for round in 1..=rounds_wanted {
             progress(&format!(
-                "submit: {connections} connections against the ceiling, round {round} of {PAIRED_ROUNDS}"
+                "submit: {connections} connections against the ceiling, round {round} of {rounds_wanted}"
             ));
-            ceiling.push(Rate::from(&load::run(
-                bare.addr,
-                connections,
-                &request,
-                201,
-                window,
-            )?));
+            let ceiling = Rate::from(&load::run(bare.addr, connections, &request, 201, window)?);
             let outcome = load::run(server.addr, connections, &request, 201, window)?;
             acknowledged += outcome.ok_total;
-            real.push(Rate::from(&outcome));
+            rounds.push((Rate::from(&outcome), ceiling));
         }
-        Ok((median_rate(real), median_rate(ceiling)))
+        Ok(median_pair(rounds))
     };
     let (rate16, ceiling16) = paired(16)?;
     let (rate64, ceiling64) = paired(64)?;
@@ -341,9 +336,6 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
     })
 }
 
-/// Rounds of the paired FULL/NORMAL comparison.
-const PAIRED_ROUNDS: usize = 3;
-
 /// FULL against NORMAL at 64 connections, paired: two fresh servers, one per durability, and
 /// their windows alternate (FULL, NORMAL, FULL, ...). On a shared machine the load drifts by
 /// more than the cost of syncing, so two runs seconds apart would compare the drift; the
@@ -363,38 +355,38 @@ pub fn submit_normal(bench: &mut Bench) -> Result<Normal> {
         warmup: bench.plan.warmup,
         window: bench.plan.window / 2,
     };
-    let (mut full_rates, mut normal_rates) = (Vec::new(), Vec::new());
-    for round in 1..=PAIRED_ROUNDS {
+    let mut rounds = Vec::new();
+    let rounds_wanted = bench.plan.paired_rounds;
+    for round in 1..=rounds_wanted {
         progress(&format!(
-            "submit: FULL vs NORMAL, 64 connections, round {round} of {PAIRED_ROUNDS}"
+            "submit: FULL vs NORMAL, 64 connections, round {round} of {rounds_wanted}"
         ));
-        full_rates.push(Rate::from(&load::run(
-            full.addr, 64, &request, 201, window,
-        )?));
-        normal_rates.push(Rate::from(&load::run(
-            normal.addr,
-            64,
-            &request,
-            201,
-            window,
-        )?));
+        let full_rate = Rate::from(&load::run(full.addr, 64, &request, 201, window)?);
+        let normal_rate = Rate::from(&load::run(normal.addr, 64, &request, 201, window)?);
+        rounds.push((full_rate, normal_rate));
     }
     full.stop()?;
     normal.stop()?;
+    let (paired_full, rate64) = median_pair(rounds);
     Ok(Normal {
-        rate64: median_rate(normal_rates),
-        paired_full: median_rate(full_rates),
+        rate64,
+        paired_full,
         supported,
     })
 }
 
-/// The round with the median rate; errors of every round are kept in it.
-fn median_rate(mut rates: Vec<Rate>) -> Rate {
-    let errors: u64 = rates.iter().map(|rate| rate.errors).sum();
-    rates.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
-    let mut median = rates.swap_remove(rates.len() / 2);
-    median.errors = errors;
-    median
+/// The round whose ratio (first over second) is the median, so that each ratio compares two
+/// windows measured next to each other; errors of every round are kept in it.
+fn median_pair(mut rounds: Vec<(Rate, Rate)>) -> (Rate, Rate) {
+    let errors: (u64, u64) = rounds
+        .iter()
+        .fold((0, 0), |(a, b), (x, y)| (a + x.errors, b + y.errors));
+    let ratio = |(x, y): &(Rate, Rate)| x.per_second / y.per_second.max(1e-9);
+    rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let (mut first, mut second) = rounds.swap_remove(rounds.len() / 2);
+    first.errors = errors.0;
+    second.errors = errors.1;
+    (first, second)
 }
 
 /// No-op jobs submitted over 64 connections for one window, then the time until every one of

@@ -18,6 +18,9 @@ pub struct Plan {
     pub warmup: Duration,
     /// The measuring window of each throughput phase.
     pub window: Duration,
+    /// Rounds of each paired comparison (server window next to ceiling window, FULL next to
+    /// NORMAL); the round with the median ratio is reported.
+    pub paired_rounds: usize,
     /// Sequential round trips against the bare server (the latency baseline).
     pub round_trips: usize,
     /// Jobs timed from 201 to `started_at`, one at a time.
@@ -44,6 +47,7 @@ impl Plan {
                 mode,
                 warmup: Duration::from_millis(500),
                 window: Duration::from_secs(5),
+                paired_rounds: 5,
                 round_trips: 2_000,
                 dispatch_jobs: 1_000,
                 pending_jobs: 100_000,
@@ -57,6 +61,7 @@ impl Plan {
                 mode,
                 warmup: Duration::from_millis(500),
                 window: Duration::from_secs(2),
+                paired_rounds: 3,
                 round_trips: 500,
                 dispatch_jobs: 300,
                 pending_jobs: 20_000,

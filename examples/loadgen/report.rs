@@ -348,7 +348,7 @@ fn submit_rows(results: &Results) -> Vec<Row> {
     .errors(normal.map_or(0, |n| n.paired_full.errors), None)
     .errors(normal.map_or(0, |n| n.rate64.errors), None);
     full_vs_normal
-        .add_note("medians of 3 alternating FULL/NORMAL windows on two fresh servers".into());
+        .add_note("the median ratio of several rounds (5 full, 3 quick), each a FULL window next to a NORMAL one on two fresh servers".into());
     if normal.is_some_and(|n| !n.supported) {
         full_vs_normal.not_applicable = true;
         full_vs_normal.add_note(
@@ -366,7 +366,7 @@ fn submit_rows(results: &Results) -> Vec<Row> {
             submit.map(|s| s.ceiling16.per_second),
             RatioStyle::Percent,
         )
-        .with_note("medians of 3 windows alternating with the ceiling's"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window"),
         rate_row(
             "submit_64",
             "submit, 64 conns, FULL",
@@ -378,7 +378,7 @@ fn submit_rows(results: &Results) -> Vec<Row> {
             RatioStyle::Percent,
         )
         .target(">= 30% (aim 40%)", Target::RatioAtLeast(0.30))
-        .with_note("medians of 3 windows alternating with the ceiling's"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window"),
         rate_row(
             "submit_64_normal",
             "submit, 64 conns, NORMAL (paired median)",
