@@ -152,6 +152,12 @@ fn assert_all_gone(pids: &[i32]) {
 }
 
 /// Extracts the `pidfile` path from the payload (serde_json writes `"pidfile":"..."`).
+/// A function that starts a background `sleep 60`, records its own pid and the sleep's in the
+/// payload's pid file, and waits.
+fn sleeper_script() -> String {
+    format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait")
+}
+
 const READ_PIDFILE: &str = r#"pidfile=$(sed -n 's/.*"pidfile": *"\([^"]*\)".*/\1/p')"#;
 
 // ---------------------------------------------------------------------------
@@ -527,10 +533,7 @@ fn a_timeout_kills_the_whole_group_including_a_forked_child_that_ignores_term() 
 #[test]
 fn cancelling_a_running_function_kills_its_process_group() {
     let functions = Functions::new();
-    functions.script(
-        "sleeper",
-        &format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait"),
-    );
+    functions.script("sleeper", &sleeper_script());
     let server = functions
         .server()
         .env("WORKER_COUNT", "1")
@@ -572,10 +575,7 @@ fn cancelling_a_running_function_kills_its_process_group() {
 #[test]
 fn deleting_a_running_function_job_kills_its_process_group() {
     let functions = Functions::new();
-    functions.script(
-        "sleeper",
-        &format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait"),
-    );
+    functions.script("sleeper", &sleeper_script());
     let server = functions
         .server()
         .env("FUNCTION_KILL_GRACE_MS", "200")
@@ -598,10 +598,7 @@ fn deleting_a_running_function_job_kills_its_process_group() {
 #[test]
 fn a_graceful_shutdown_kills_a_running_function_and_requeues_its_job() {
     let functions = Functions::new();
-    functions.script(
-        "sleeper",
-        &format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait"),
-    );
+    functions.script("sleeper", &sleeper_script());
     let mut server = functions
         .server()
         .env("SHUTDOWN_GRACE_SECONDS", "1")
@@ -891,10 +888,7 @@ fn a_process_that_escapes_the_group_holding_stdout_fails_the_attempt() {
 #[test]
 fn a_forced_exit_still_kills_running_functions() {
     let functions = Functions::new();
-    functions.script(
-        "sleeper",
-        &format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait"),
-    );
+    functions.script("sleeper", &sleeper_script());
     let mut server = functions.server().start();
     let pidfile = functions.scratch("pids");
     let id = submit_fn(
