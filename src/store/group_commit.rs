@@ -20,9 +20,9 @@
 use std::mem;
 use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_channel::bounded;
 use rusqlite::Connection;
 
+use super::reply::{reply_slot, Message};
 use crate::error::{Error, Result};
 
 /// Runs a queued write against the batch's transaction (`None` if it could not begin) and
@@ -42,12 +42,6 @@ struct Waiting {
     work: Work,
     /// Tells this caller to lead the next batch. Never blocks.
     lead: Box<dyn Fn() + Send>,
-}
-
-/// What a waiting caller receives, on one channel: its result, or the call to lead.
-enum Message<T> {
-    Done(Result<T>),
-    Lead,
 }
 
 #[derive(Default)]
@@ -97,13 +91,9 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        // One slot is enough: a caller is called to lead only while its write is still queued,
-        // and reads that call before, as leader, it delivers its own result.
-        let (reply, outcome) = bounded::<Message<T>>(1);
-        let lead_reply = reply.clone();
-        let lead = Box::new(move || {
-            let _ = lead_reply.try_send(Message::Lead);
-        });
+        let (reply, outcome) = reply_slot::<T>();
+        let lead_reply = reply.leader_call();
+        let lead = Box::new(move || lead_reply.call());
         let work: Work = Box::new(move |connection| {
             let result = match connection {
                 Some(connection) => write(connection),
@@ -112,7 +102,7 @@ impl GroupCommit {
                 )),
             };
             if answer == Answer::BeforeSync {
-                let _ = reply.send(Message::Done(result));
+                reply.send(result);
                 return Box::new(|_| {});
             }
             Box::new(move |commit_failure| {
@@ -122,7 +112,7 @@ impl GroupCommit {
                         "the database could not commit: {message}"
                     ))),
                 };
-                let _ = reply.send(Message::Done(delivered));
+                reply.send(delivered);
             })
         });
         let leading = {
@@ -134,17 +124,17 @@ impl GroupCommit {
             self.lead_one_batch();
         }
         loop {
-            match outcome.recv() {
-                Ok(Message::Done(result)) => return result,
-                Ok(Message::Lead) => self.lead_one_batch(),
-                Err(_) => return Err(lost_write()),
+            match outcome.wait() {
+                Message::Done(result) => return result,
+                Message::Lead => self.lead_one_batch(),
+                Message::Lost => return Err(lost_write()),
             }
         }
     }
 
     fn lead_one_batch(&self) {
         // Passes leadership on even if a write panics, so the queue never stalls.
-        let _hand_off = HandOff(self);
+        let hand_off = HandOff(self);
         let batch = mem::take(&mut lock(&self.queue).waiting);
         // Only one leader runs at a time, so this lock is never contended; a failed try_lock
         // would mean two leaders, a bug the tests must see.
@@ -156,54 +146,64 @@ impl GroupCommit {
             "two group-commit leaders"
         );
         let connection = lock(&self.connection);
-        let transaction = Transaction::begin(&connection);
-        match transaction {
-            Ok(transaction) => {
-                // Some errors (disk full, I/O) make SQLite roll the whole transaction back by
-                // itself. The writes after that must not run outside it, in autocommit.
-                let mut rolled_back = false;
-                let deliveries: Vec<Deliver> = batch
-                    .into_iter()
-                    .map(|waiting| {
-                        if rolled_back {
-                            return (waiting.work)(None);
-                        }
-                        let deliver = (waiting.work)(Some(&connection));
-                        rolled_back = connection.is_autocommit();
-                        deliver
-                    })
-                    .collect();
-                let started = std::time::Instant::now();
-                let failure = if rolled_back {
-                    transaction.abandon();
-                    Some("the transaction was rolled back by a write error".to_string())
-                } else {
-                    transaction.commit().err().map(|err| err.to_string())
-                };
-                log::trace!(
-                    "committed {} write(s) in {:?}",
-                    deliveries.len(),
-                    started.elapsed()
-                );
-                if let Some(message) = &failure {
-                    log::error!(
-                        "group commit of {} write(s) failed: {message}",
-                        deliveries.len()
-                    );
-                }
-                for deliver in deliveries {
-                    deliver(failure.as_deref());
-                }
-            }
-            Err(err) => {
-                let message = err.to_string();
-                log::error!("cannot begin a write transaction: {message}");
-                for waiting in batch {
-                    (waiting.work)(None)(Some(&message));
-                }
-            }
+        let (deliveries, failure) = run_batch(&connection, batch);
+        // The next batch can start while this one's callers are woken, one system call each.
+        drop(connection);
+        drop(hand_off);
+        for deliver in deliveries {
+            deliver(failure.as_deref());
         }
     }
+}
+
+/// Runs every write of `batch` in one transaction and commits it. Returns how to answer each
+/// caller, and the commit's failure if it failed.
+fn run_batch(connection: &Connection, batch: Vec<Waiting>) -> (Vec<Deliver>, Option<String>) {
+    let transaction = match Transaction::begin(connection) {
+        Ok(transaction) => transaction,
+        Err(err) => {
+            let message = err.to_string();
+            log::error!("cannot begin a write transaction: {message}");
+            let deliveries = batch
+                .into_iter()
+                .map(|waiting| (waiting.work)(None))
+                .collect();
+            return (deliveries, Some(message));
+        }
+    };
+    // Some errors (disk full, I/O) make SQLite roll the whole transaction back by itself. The
+    // writes after that must not run outside it, in autocommit.
+    let mut rolled_back = false;
+    let deliveries: Vec<Deliver> = batch
+        .into_iter()
+        .map(|waiting| {
+            if rolled_back {
+                return (waiting.work)(None);
+            }
+            let deliver = (waiting.work)(Some(connection));
+            rolled_back = connection.is_autocommit();
+            deliver
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let failure = if rolled_back {
+        transaction.abandon();
+        Some("the transaction was rolled back by a write error".to_string())
+    } else {
+        transaction.commit().err().map(|err| err.to_string())
+    };
+    log::trace!(
+        "committed {} write(s) in {:?}",
+        deliveries.len(),
+        started.elapsed()
+    );
+    if let Some(message) = &failure {
+        log::error!(
+            "group commit of {} write(s) failed: {message}",
+            deliveries.len()
+        );
+    }
+    (deliveries, failure)
 }
 
 /// A `BEGIN IMMEDIATE` transaction run through cached statements (rusqlite's own transaction

@@ -6,6 +6,7 @@
 //! mutex-guarded connection, so a `GET` never waits for a disk sync.
 
 mod group_commit;
+mod reply;
 mod row;
 mod schema;
 #[cfg(test)]
