@@ -50,6 +50,25 @@ fn submit_returns_201_with_job_id_pending_status_and_location() {
     assert_eq!(job["payload"], json!({"duration_ms": 0}));
 }
 
+/// Ids are UUIDv7: they sort by submission, and each new one lands at the end of the id index
+/// instead of on a random page of it.
+#[test]
+fn job_ids_are_time_ordered_uuid_v7() {
+    let server = TestServer::start();
+    let ids: Vec<String> = (0..20).map(|n| server.submit(parked(n))).collect();
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|err| panic!("{id:?}: {err}"));
+        assert_eq!(uuid.get_version_num(), 7, "{id}");
+        assert_eq!(id, &uuid.hyphenated().to_string(), "not canonical");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, ids,
+        "ids of jobs submitted one after another must sort in that order"
+    );
+}
+
 #[test]
 fn get_job_returns_every_field_with_defaults_and_microsecond_utc_timestamps() {
     let server = TestServer::start();

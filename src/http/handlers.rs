@@ -91,7 +91,10 @@ pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
             Simulation::from_payload(&job.payload)?;
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (v7), so each new id lands at the end of the id index. Random (v4) ids put
+    // every insert on a random index page: once the index outgrew the cache, each job cost
+    // several 4 KiB WAL frames and about a third of the submit rate.
+    let id = uuid::Uuid::now_v7().to_string();
     state.store.insert(id.clone(), &job, now)?;
     log::info!("job {id} submitted");
     state.waker.job_queued(job.run_at.unwrap_or(now));
