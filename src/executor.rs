@@ -101,30 +101,12 @@ fn wait_unless_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Timestamp;
     use crossbeam_channel::bounded;
     use serde_json::json;
     use std::time::Instant;
 
     fn job(payload: Value, timeout_seconds: u32) -> Job {
-        Job {
-            id: "test".into(),
-            payload,
-            status: crate::job::JobStatus::Running,
-            created_at: Timestamp::from_micros(0),
-            started_at: None,
-            finished_at: None,
-            retry_count: 0,
-            max_retries: 0,
-            timeout_seconds,
-            result: None,
-            error_message: None,
-            priority: 0,
-            run_at: Timestamp::from_micros(0),
-            function: None,
-            attempt: None,
-            seq: 0,
-        }
+        Job::running_for_test(payload, 0, timeout_seconds)
     }
 
     /// A channel that never closes during the test.

@@ -112,6 +112,31 @@ impl Job {
     }
 }
 
+#[cfg(test)]
+impl Job {
+    /// A job as a worker holds it after its first claim, for unit tests.
+    pub fn running_for_test(payload: Value, max_retries: u32, timeout_seconds: u32) -> Job {
+        Job {
+            id: "test".into(),
+            payload,
+            status: JobStatus::Running,
+            created_at: Timestamp::from_micros(0),
+            started_at: None,
+            finished_at: None,
+            retry_count: 0,
+            max_retries,
+            timeout_seconds,
+            result: None,
+            error_message: None,
+            priority: 0,
+            run_at: Timestamp::from_micros(0),
+            function: None,
+            attempt: None,
+            seq: 0,
+        }
+    }
+}
+
 /// One attempt of a job, as `GET /jobs/:id/attempts` returns it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attempt {

@@ -306,16 +306,21 @@ fn wait_for_work(context: &WorkerContext, wakes_at: Timestamp, draining: &mut bo
     slot.store(AWAKE, Ordering::SeqCst);
 }
 
-/// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
-/// aborted, claims the next due job in the same write.
-fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
-    info!("job {} started (attempt {})", job.id, job.retry_count + 1);
-    let started = Instant::now();
-    let cancel = context.running.start(&job);
-    let (outcome, details) = executor::run_attempt(&job, &context.runner, &context.abort, &cancel);
-    let end = match outcome {
+/// How an attempt ended, as the job's record will say. A cancel that came after the attempt
+/// failed but before its outcome was recorded still stops the job: the failure must not
+/// schedule a retry the client has asked not to happen.
+fn attempt_end(
+    retry: &RetryPolicy,
+    job: &Job,
+    outcome: Outcome,
+    cancel_requested: bool,
+) -> AttemptEnd {
+    match outcome {
         Outcome::Succeeded(result) => AttemptEnd::Succeeded { result },
-        Outcome::Failed(error) => context.retry.after_failure(&job, error, Timestamp::now()),
+        Outcome::Failed(error) if cancel_requested => AttemptEnd::Cancelled {
+            reason: format!("cancelled by request; the attempt had failed: {error}"),
+        },
+        Outcome::Failed(error) => retry.after_failure(job, error, Timestamp::now()),
         Outcome::TimedOut => AttemptEnd::TimedOut {
             error: format!(
                 "timed out after {} s (timeout_seconds)",
@@ -328,7 +333,18 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
         Outcome::Cancelled => AttemptEnd::Cancelled {
             reason: "cancelled by request".into(),
         },
-    };
+    }
+}
+
+/// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
+/// aborted, claims the next due job in the same write.
+fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
+    info!("job {} started (attempt {})", job.id, job.retry_count + 1);
+    let started = Instant::now();
+    let cancel = context.running.start(&job);
+    let (outcome, details) = executor::run_attempt(&job, &context.runner, &context.abort, &cancel);
+    let cancel_requested = matches!(cancel.try_recv(), Err(TryRecvError::Disconnected));
+    let end = attempt_end(&context.retry, &job, outcome, cancel_requested);
     let elapsed = started.elapsed();
     let now = Timestamp::now();
     // While the pool is being aborted nothing new is claimed.
@@ -467,4 +483,44 @@ pub fn recover_interrupted(store: &Store, retry: &RetryPolicy) -> Result<usize> 
         }
     }
     Ok(interrupted.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const RETRY: RetryPolicy = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(1000),
+    };
+
+    #[test]
+    fn a_failure_with_retries_left_schedules_a_retry() {
+        let job = Job::running_for_test(json!({}), 3, 30);
+        let end = attempt_end(&RETRY, &job, Outcome::Failed("boom".into()), false);
+        assert!(
+            matches!(&end, AttemptEnd::Failed { error, retry_at: Some(_) } if error == "boom"),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_that_raced_a_failure_stops_the_job_instead_of_retrying_it() {
+        let job = Job::running_for_test(json!({}), 3, 30);
+        let end = attempt_end(&RETRY, &job, Outcome::Failed("boom".into()), true);
+        match end {
+            AttemptEnd::Cancelled { reason } => {
+                assert_eq!(reason, "cancelled by request; the attempt had failed: boom")
+            }
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_success_stands_even_when_a_cancel_came_too_late() {
+        let job = Job::running_for_test(json!({}), 3, 30);
+        let end = attempt_end(&RETRY, &job, Outcome::Succeeded(json!(1)), true);
+        assert!(matches!(end, AttemptEnd::Succeeded { .. }), "{end:?}");
+    }
 }
