@@ -289,9 +289,10 @@ fn lost_write() -> Error {
     Error::Internal("a write was lost: its batch leader panicked".into())
 }
 
-/// Poisoning only means another thread panicked; the data behind these locks stays valid
-/// (an unfinished transaction rolls back when dropped), so the lock is taken over.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Poisoning only means another thread panicked; the data behind the store's locks stays valid
+/// (an unfinished transaction rolls back when dropped, a reply slot is a plain `Option`), so
+/// the lock is taken over.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

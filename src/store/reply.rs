@@ -6,9 +6,10 @@
 //! sleeps; with 64 handler threads on two cores those yields were a measurable share of each
 //! request's CPU time.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 
+use super::group_commit::lock;
 use crate::error::Result;
 
 pub enum Message<T> {
@@ -106,13 +107,6 @@ impl<T> Outcome<T> {
             thread::park();
         }
     }
-}
-
-/// A poisoned slot only means a thread panicked while holding it; the `Option` is still valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
