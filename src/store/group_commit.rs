@@ -9,9 +9,10 @@
 //! `write_unsynced` answers as soon as the write has run, for job state whose loss in a crash
 //! recovery already handles (a worker's claim or outcome).
 //!
-//! Leadership passes from caller to caller: a leader runs exactly one batch, then wakes the
-//! first caller still queued to lead the next. No thread is dedicated to committing and no
-//! caller leads twice, so every write is answered after at most two batches.
+//! Leadership passes from caller to caller: a leader runs exactly one batch, wakes the first
+//! caller still queued to lead the next, and only then wakes the callers of its own batch, so
+//! the next batch is not held up by those wake-ups. No thread is dedicated to committing and
+//! no caller leads twice, so every write is answered after at most two batches.
 //!
 //! The contract for a write: when it returns an error, it must have changed nothing, so that
 //! the rest of its batch can still commit. A write with one modifying statement has that for
