@@ -151,13 +151,36 @@ fn assert_all_gone(pids: &[i32]) {
     }
 }
 
-/// Extracts the `pidfile` path from the payload (serde_json writes `"pidfile":"..."`).
 /// A function that starts a background `sleep 60`, records its own pid and the sleep's in the
 /// payload's pid file, and waits.
 fn sleeper_script() -> String {
     format!("{READ_PIDFILE}\nsleep 60 &\necho \"$$ $!\" >> \"$pidfile\"\nwait")
 }
 
+/// Runs the `sleeper` function (installed by the caller) as a job without retries and waits
+/// until it runs.
+fn start_sleeper(functions: &Functions, server: &TestServer) -> Sleeper {
+    let pidfile = functions.scratch("pids");
+    let id = server.submit(json!({
+        "function": "sleeper",
+        "payload": {"pidfile": pidfile.to_str().unwrap()},
+        "timeout_seconds": 120,
+        "max_retries": 0,
+    }));
+    let pids = read_pids(&pidfile, 2);
+    server.wait_for_status(&id, "running", secs(5));
+    Sleeper { id, pids, pidfile }
+}
+
+struct Sleeper {
+    id: String,
+    /// The script's and its background child's.
+    pids: Vec<i32>,
+    /// Where each run of the script appends its two pids.
+    pidfile: PathBuf,
+}
+
+/// Extracts the `pidfile` path from the payload (serde_json writes `"pidfile":"..."`).
 const READ_PIDFILE: &str = r#"pidfile=$(sed -n 's/.*"pidfile": *"\([^"]*\)".*/\1/p')"#;
 
 // ---------------------------------------------------------------------------
@@ -539,15 +562,7 @@ fn cancelling_a_running_function_kills_its_process_group() {
         .env("WORKER_COUNT", "1")
         .env("FUNCTION_KILL_GRACE_MS", "200")
         .start();
-    let pidfile = functions.scratch("pids");
-    let id = server.submit(json!({
-        "function": "sleeper",
-        "payload": {"pidfile": pidfile.to_str().unwrap()},
-        "timeout_seconds": 120,
-        "max_retries": 0,
-    }));
-    let pids = read_pids(&pidfile, 2);
-    server.wait_for_status(&id, "running", secs(5));
+    let Sleeper { id, pids, .. } = start_sleeper(&functions, &server);
     // The function runs in its own process group, led by the script.
     let server_group = unsafe { libc::getpgid(server.pid()) };
     for &pid in &pids {
@@ -580,14 +595,7 @@ fn deleting_a_running_function_job_kills_its_process_group() {
         .server()
         .env("FUNCTION_KILL_GRACE_MS", "200")
         .start();
-    let pidfile = functions.scratch("pids");
-    let id = server.submit(json!({
-        "function": "sleeper",
-        "payload": {"pidfile": pidfile.to_str().unwrap()},
-        "timeout_seconds": 120,
-    }));
-    let pids = read_pids(&pidfile, 2);
-    server.wait_for_status(&id, "running", secs(5));
+    let Sleeper { id, pids, .. } = start_sleeper(&functions, &server);
     assert_eq!(server.delete(&format!("/jobs/{id}")).status, 204);
     assert_all_gone(&pids);
     assert_eq!(server.get(&format!("/jobs/{id}")).status, 404);
@@ -604,14 +612,7 @@ fn a_graceful_shutdown_kills_a_running_function_and_requeues_its_job() {
         .env("SHUTDOWN_GRACE_SECONDS", "1")
         .env("FUNCTION_KILL_GRACE_MS", "200")
         .start();
-    let pidfile = functions.scratch("pids");
-    let id = server.submit(json!({
-        "function": "sleeper",
-        "payload": {"pidfile": pidfile.to_str().unwrap()},
-        "timeout_seconds": 120,
-    }));
-    let pids = read_pids(&pidfile, 2);
-    server.wait_for_status(&id, "running", secs(5));
+    let Sleeper { id, pids, pidfile } = start_sleeper(&functions, &server);
     server.sigterm();
     let status = server.wait_exit(secs(10));
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
@@ -890,14 +891,7 @@ fn a_forced_exit_still_kills_running_functions() {
     let functions = Functions::new();
     functions.script("sleeper", &sleeper_script());
     let mut server = functions.server().start();
-    let pidfile = functions.scratch("pids");
-    let id = submit_fn(
-        &server,
-        "sleeper",
-        json!({"pidfile": pidfile.to_str().unwrap()}),
-    );
-    let pids = read_pids(&pidfile, 2);
-    server.wait_for_status(&id, "running", secs(5));
+    let Sleeper { pids, .. } = start_sleeper(&functions, &server);
     server.sigterm();
     // Signals of one kind do not queue: send the second once the first has been acted on.
     eventually(
