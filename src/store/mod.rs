@@ -600,6 +600,17 @@ mod tests {
         TempStore { store, dir }
     }
 
+    /// Job "a", submitted at 1 µs with no schedule, claimed at `at` µs.
+    fn insert_and_claim(store: &Store, at: i64) -> Job {
+        store
+            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
+            .unwrap();
+        store
+            .claim_next_due(Timestamp::from_micros(at))
+            .unwrap()
+            .unwrap()
+    }
+
     fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
         NewJob {
             payload: json!({"n": priority}),
@@ -677,13 +688,7 @@ mod tests {
     #[test]
     fn an_outcome_lands_only_on_its_own_attempt() {
         let store = temp_store();
-        store
-            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
-            .unwrap();
-        let first = store
-            .claim_next_due(Timestamp::from_micros(2))
-            .unwrap()
-            .unwrap();
+        let first = insert_and_claim(&store, 2);
         let released = AttemptEnd::Released {
             reason: "test".into(),
         };
@@ -732,13 +737,7 @@ mod tests {
     #[test]
     fn finishing_without_a_claim_reports_when_the_next_job_is_due() {
         let store = temp_store();
-        store
-            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
-            .unwrap();
-        let attempt = store
-            .claim_next_due(Timestamp::from_micros(2))
-            .unwrap()
-            .unwrap();
+        let attempt = insert_and_claim(&store, 2);
         let retry = AttemptEnd::Failed {
             error: "boom".into(),
             retry_at: Some(Timestamp::from_micros(90)),
@@ -844,13 +843,7 @@ mod tests {
     #[test]
     fn attempts_are_numbered_closed_and_deleted_with_their_job() {
         let store = temp_store();
-        store
-            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
-            .unwrap();
-        let first = store
-            .claim_next_due(Timestamp::from_micros(10))
-            .unwrap()
-            .unwrap();
+        let first = insert_and_claim(&store, 10);
         let retry = AttemptEnd::Failed {
             error: "boom".into(),
             retry_at: Some(Timestamp::from_micros(20)),
