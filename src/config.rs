@@ -15,7 +15,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 14] = [
+pub const VARIABLES: [Variable; 19] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -86,6 +86,32 @@ pub const VARIABLES: [Variable; 14] = [
         default: "",
         meaning: "comma-separated variables passed on to functions",
     },
+    Variable {
+        name: "HTTP_IDLE_TIMEOUT_SECONDS",
+        default: "30",
+        meaning:
+            "how long a connection may stay silent, and a response write may block (1 to 3600)",
+    },
+    Variable {
+        name: "MAX_CONNECTIONS",
+        default: "1024",
+        meaning: "open connections served at once; more are answered 503 and closed (1 to 65536)",
+    },
+    Variable {
+        name: "API_TOKEN",
+        default: "",
+        meaning: "when set, every route but GET /health needs Authorization: Bearer <token>",
+    },
+    Variable {
+        name: "API_TOKEN_FILE",
+        default: "",
+        meaning: "file whose first line is the token (instead of API_TOKEN)",
+    },
+    Variable {
+        name: "ALLOW_UNAUTHENTICATED",
+        default: "false",
+        meaning: "true: allow a non-loopback SERVER_ADDR without a token",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -115,6 +141,13 @@ pub struct Config {
     pub function_kill_grace: Duration,
     /// Variables functions get besides their own, with the values they had at start.
     pub function_env: Vec<(String, String)>,
+    /// Per-connection read and write timeout: silence mid-request or between keep-alive
+    /// requests, and a response write that cannot progress.
+    pub http_idle_timeout: Duration,
+    /// Connections served at once; the accept loop refuses more.
+    pub max_connections: usize,
+    /// The bearer token every route but `GET /health` requires, when set.
+    pub api_token: Option<String>,
 }
 
 impl Config {
@@ -138,7 +171,7 @@ impl Config {
                 ),
             });
         }
-        Ok(Config {
+        Config {
             server_addr: reader.address("SERVER_ADDR")?,
             database_path: reader.database_path("DATABASE_URL")?,
             worker_count: to_usize(reader.integer("WORKER_COUNT", 1, 1024)?),
@@ -176,7 +209,32 @@ impl Config {
                 600_000,
             )?),
             function_env: reader.function_env(&lookup_path)?,
-        })
+            http_idle_timeout: Duration::from_secs(reader.integer(
+                "HTTP_IDLE_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )?),
+            max_connections: to_usize(reader.integer("MAX_CONNECTIONS", 1, 65_536)?),
+            api_token: reader.api_token()?,
+        }
+        .refusing_open_access(reader.boolean("ALLOW_UNAUTHENTICATED")?)
+    }
+
+    /// A server reachable from other machines must not run without a token by accident.
+    fn refusing_open_access(self, allow_unauthenticated: bool) -> Result<Config> {
+        if self.api_token.is_none()
+            && !self.server_addr.ip().is_loopback()
+            && !allow_unauthenticated
+        {
+            return Err(Error::Config {
+                variable: "SERVER_ADDR",
+                message: format!(
+                    "{} is reachable from other machines and no API_TOKEN is set; set API_TOKEN (or API_TOKEN_FILE), or ALLOW_UNAUTHENTICATED=true to run without one",
+                    self.server_addr
+                ),
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -260,6 +318,49 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         Ok(env)
     }
 
+    fn boolean(&self, name: &'static str) -> Result<bool> {
+        let raw = self.raw(name);
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err(Error::Config {
+                variable: name,
+                message: format!("must be true or false, got {raw:?}"),
+            }),
+        }
+    }
+
+    /// `API_TOKEN`, or the first line of `API_TOKEN_FILE`; setting both is ambiguous.
+    fn api_token(&self) -> Result<Option<String>> {
+        let inline = (self.lookup)("API_TOKEN").filter(|token| !token.is_empty());
+        let file = (self.lookup)("API_TOKEN_FILE").filter(|path| !path.is_empty());
+        let token = match (inline, file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config {
+                    variable: "API_TOKEN_FILE",
+                    message: "set either API_TOKEN or API_TOKEN_FILE, not both".into(),
+                })
+            }
+            (Some(token), None) => token,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|err| Error::Config {
+                    variable: "API_TOKEN_FILE",
+                    message: format!("cannot read {path:?}: {err}"),
+                })?;
+                text.lines().next().unwrap_or_default().trim().to_string()
+            }
+            (None, None) => return Ok(None),
+        };
+        let printable = token.bytes().all(|byte| byte.is_ascii_graphic());
+        if token.is_empty() || !printable {
+            return Err(Error::Config {
+                variable: "API_TOKEN",
+                message: "the token must be non-empty printable ASCII without spaces".into(),
+            });
+        }
+        Ok(Some(token))
+    }
+
     fn durability(&self, name: &'static str) -> Result<Durability> {
         let raw = self.raw(name);
         match raw.trim().to_ascii_lowercase().as_str() {
@@ -335,6 +436,9 @@ mod tests {
         assert_eq!(config.max_body_bytes, 1 << 20);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert_eq!(config.durability, Durability::Full);
+        assert_eq!(config.http_idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.api_token, None);
     }
 
     #[test]
@@ -365,6 +469,44 @@ mod tests {
         assert_eq!(config.database_path, PathBuf::from("/tmp/x/jobs.db"));
         let config = config_with(&[("DATABASE_URL", "data/jobs.db")]).unwrap();
         assert_eq!(config.database_path, PathBuf::from("data/jobs.db"));
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_a_token_or_an_explicit_opt_out() {
+        assert_eq!(
+            failing_variable(&[("SERVER_ADDR", "0.0.0.0:3000")]),
+            "SERVER_ADDR"
+        );
+        assert!(config_with(&[("SERVER_ADDR", "0.0.0.0:3000"), ("API_TOKEN", "s3cret")]).is_ok());
+        assert!(config_with(&[
+            ("SERVER_ADDR", "0.0.0.0:3000"),
+            ("ALLOW_UNAUTHENTICATED", "true")
+        ])
+        .is_ok());
+        assert!(config_with(&[("SERVER_ADDR", "[::1]:3000")]).is_ok());
+    }
+
+    #[test]
+    fn the_token_comes_from_the_variable_or_the_first_line_of_its_file() {
+        let dir = std::env::temp_dir().join(format!("mlr-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\nignored\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let config = config_with(&[("API_TOKEN_FILE", &path)]).unwrap();
+        assert_eq!(config.api_token.as_deref(), Some("from-file"));
+        let config = config_with(&[("API_TOKEN", "inline")]).unwrap();
+        assert_eq!(config.api_token.as_deref(), Some("inline"));
+        assert_eq!(
+            failing_variable(&[("API_TOKEN", "a"), ("API_TOKEN_FILE", &path)]),
+            "API_TOKEN_FILE"
+        );
+        assert_eq!(failing_variable(&[("API_TOKEN", "has space")]), "API_TOKEN");
+        assert_eq!(
+            failing_variable(&[("API_TOKEN_FILE", "/nonexistent/token")]),
+            "API_TOKEN_FILE"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -26,6 +26,20 @@ pub enum Error {
     UnsupportedMediaType(String),
     /// The server is shutting down, or the database is busy or unreachable.
     Unavailable(String),
+    /// The request's framing is ambiguous or malformed (a bad or repeated `Content-Length`,
+    /// `Content-Length` with `Transfer-Encoding`, an unknown transfer coding). The connection
+    /// is closed after the answer, so the bytes after such a request are never run.
+    BadRequest(String),
+    /// The request head has more header fields or bytes than the server accepts.
+    HeaderTooLarge(String),
+    /// The request target is longer than the server accepts; the message never echoes it.
+    UriTooLong { limit: usize },
+    /// The request body did not arrive in time.
+    RequestTimeout(String),
+    /// `API_TOKEN` is set and the request carries no valid `Authorization: Bearer` token.
+    Unauthorized(String),
+    /// Every connection slot (`MAX_CONNECTIONS`) is taken.
+    TooManyConnections { limit: usize },
     /// SQLite failed. The detail is logged, never sent to a client.
     Database(rusqlite::Error),
     /// A stored row could not be understood (for example an unknown status string).
@@ -39,6 +53,9 @@ pub enum Error {
     },
     /// The server could not start: the address is taken, the database cannot be opened, etc.
     Startup(String),
+    /// The accept loop ended on an error it cannot recover from (for example, out of file
+    /// descriptors for too long); the server drained and exits non-zero for a restart.
+    ListenerFailed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,15 +70,30 @@ impl fmt::Display for Error {
             | Error::InvalidState(message)
             | Error::UnsupportedMediaType(message)
             | Error::Unavailable(message)
+            | Error::BadRequest(message)
+            | Error::HeaderTooLarge(message)
+            | Error::RequestTimeout(message)
+            | Error::Unauthorized(message)
             | Error::CorruptRow(message)
             | Error::Internal(message)
             | Error::Startup(message) => f.write_str(message),
+            Error::ListenerFailed(message) => {
+                write!(f, "the server stopped accepting connections: {message}")
+            }
             Error::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed on this path; allowed: {allow}")
             }
             Error::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
+            Error::UriTooLong { limit } => write!(
+                f,
+                "the request target is longer than the limit of {limit} bytes"
+            ),
+            Error::TooManyConnections { limit } => write!(
+                f,
+                "the server is serving its maximum of {limit} connections; retry shortly"
+            ),
             Error::Database(err) => write!(f, "database error: {err}"),
             Error::Config { variable, message } => write!(f, "{variable}: {message}"),
         }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::executor::FunctionRunner;
 use crate::functions::Functions;
 use crate::http::HttpServer;
@@ -74,12 +74,21 @@ pub fn run(
     );
     on_ready(server.local_addr());
 
-    // Any message, or the sender going away, means stop.
-    let _ = signals.recv();
-    info!(
-        "shutdown requested: refusing new requests, draining due jobs for up to {} s (a second signal exits at once)",
-        config.shutdown_grace.as_secs()
-    );
+    // Any signal, or its sender going away, means stop; so does an accept loop that ended.
+    let listener_failure = select! {
+        recv(signals) -> _ => None,
+        recv(server.failed()) -> failure => failure.ok(),
+    };
+    match &listener_failure {
+        None => info!(
+            "shutdown requested: refusing new requests, draining due jobs for up to {} s (a second signal exits at once)",
+            config.shutdown_grace.as_secs()
+        ),
+        Some(failure) => error!(
+            "cannot accept connections any more ({failure}); draining due jobs for up to {} s, then exiting with an error",
+            config.shutdown_grace.as_secs()
+        ),
+    }
     server.refuse_new_requests();
     pool.begin_drain();
     select! {
@@ -99,6 +108,9 @@ pub fn run(
         warn!("second signal: exiting now");
         groups.kill_all();
         return Ok(Exit::Forced);
+    }
+    if let Some(failure) = listener_failure {
+        return Err(Error::ListenerFailed(failure));
     }
     info!("stopped");
     Ok(Exit::Graceful)

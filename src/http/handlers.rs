@@ -31,8 +31,14 @@ pub struct AppState {
     pub functions: Functions,
     pub defaults: JobDefaults,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (`HTTP_IDLE_TIMEOUT_SECONDS`).
+    pub body_patience: std::time::Duration,
+    /// `API_TOKEN`, when set.
+    pub api_token: Option<String>,
     /// Set once shutdown begins; from then on every request is answered 503.
     pub shutting_down: AtomicBool,
+    /// Requests being answered, so shutdown can wait for them.
+    pub in_flight: crate::http::in_flight::InFlight,
 }
 
 impl AppState {

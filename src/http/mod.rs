@@ -1,21 +1,28 @@
-//! The HTTP layer, the only module that knows tiny_http. A pool of named handler threads takes
-//! requests from tiny_http's accept loop; each request is routed, answered explicitly, and
-//! logged in one line. A panic in a handler becomes a JSON 500 and the thread serves on.
+//! The HTTP layer, the only module that knows tiny_http. Our accept loop (`listener`) takes
+//! connections with tiny_http's accept step and hands each to a connection thread (`pool`),
+//! which reads its requests with tiny_http's parser and answers them in order (`exchange`).
+//! Every request is checked, routed, answered explicitly and logged in one line; a panic in a
+//! handler becomes a JSON 500 and the thread serves on.
 
+mod auth;
+mod exchange;
+mod framing;
 mod handlers;
+mod in_flight;
+mod listener;
+mod pool;
 mod request;
 mod response;
 mod routes;
 
-use std::net::SocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, Receiver};
-use log::{debug, error, info, warn};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use log::{debug, error, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,31 +32,31 @@ use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::worker::Waker;
 use handlers::AppState;
+use in_flight::InFlight;
+use pool::{ConnectionPool, Handoff};
 use response::ApiResponse;
 
-/// Threads that take requests off tiny_http's queue. A submit waits for its group commit, and
-/// a commit can only batch the submits that are waiting, so this many threads is how many
-/// requests one disk sync can acknowledge. Idle threads cost a little memory and nothing else.
+/// Connection threads kept ready (named `http-N`). A submit waits for its group commit, and
+/// a commit can only batch the submits that are waiting, so this many ready threads is how
+/// many new connections one disk sync can acknowledge without a thread start. More start on
+/// demand, up to `MAX_CONNECTIONS`. An idle thread costs a few KiB.
 pub const HANDLER_THREADS: usize = 64;
 
-/// Connection threads tiny_http keeps ready. Its pool (tiny_http_fork 0.12.17, "legacy")
-/// starts a new thread only when no thread is idle, and counts a woken thread as idle until
-/// it runs: a burst of more new connections than idle threads leaves the extra ones queued
-/// until some connection closes. Keeping this many threads idle makes such a burst need more
-/// than this many simultaneous new connections. An idle thread costs a few KiB.
-const CONNECTION_THREADS: usize = 256;
+/// Connections beyond `MAX_CONNECTIONS` that are read and answered `503` at once; past this
+/// many such refusals in progress, further connections are closed without an answer.
+const MAX_REFUSALS: usize = 16;
 
-/// How long a connection may stay silent (mid-request, or idle between keep-alive requests)
-/// and how long a response write may block. Without it a client that declares a body and
-/// stops sending holds a handler thread forever, and with it the shutdown.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptors the process needs besides its connections: the database, its journal, the
+/// listener, function pipes.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
     state: Arc<AppState>,
-    handles: Vec<JoinHandle<()>>,
-    /// Closes (receives `Err`) once every handler thread has ended.
-    exited: Receiver<()>,
+    accept: Option<JoinHandle<()>>,
+    stop_accepting: Sender<()>,
+    /// The listening socket, shut down to wake a blocked `accept` at stop.
+    listener: TcpListener,
+    failed: Receiver<String>,
     local_addr: SocketAddr,
 }
 
@@ -61,10 +68,14 @@ impl HttpServer {
         running: Arc<RunningAttempts>,
         functions: Functions,
     ) -> Result<HttpServer> {
-        let (server, local_addr) = listen(config.server_addr).map_err(|err| {
+        let cannot_listen = |err: std::io::Error| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
-        })?;
-        let server = Arc::new(server);
+        };
+        let max_connections = fit_descriptor_limit(config.max_connections);
+        let socket =
+            listener::bind(config.server_addr, config.http_idle_timeout).map_err(cannot_listen)?;
+        let local_addr = socket.local_addr().map_err(cannot_listen)?;
+        let wake = socket.try_clone().map_err(cannot_listen)?;
         let state = Arc::new(AppState {
             store,
             waker,
@@ -75,28 +86,49 @@ impl HttpServer {
                 max_retries: config.default_max_retries,
             },
             max_body_bytes: config.max_body_bytes,
+            body_patience: config.http_idle_timeout,
+            api_token: config.api_token.clone(),
             shutting_down: AtomicBool::new(false),
+            in_flight: InFlight::default(),
         });
-        let mut handles = Vec::with_capacity(HANDLER_THREADS);
-        let (alive, exited) = bounded::<()>(0);
-        for number in 1..=HANDLER_THREADS {
-            let server = Arc::clone(&server);
-            let state = Arc::clone(&state);
-            let alive = alive.clone();
-            let handle = thread::Builder::new()
-                .name(format!("http-{number}"))
-                .spawn(move || {
-                    serve(&server, &state);
-                    drop(alive);
-                })
-                .map_err(|err| Error::Startup(format!("cannot start handler thread: {err}")))?;
-            handles.push(handle);
-        }
+        let serving = Arc::clone(&state);
+        let pool = ConnectionPool::start(
+            max_connections,
+            HANDLER_THREADS.min(max_connections),
+            move |connection| exchange::serve_connection(&serving, connection),
+        )
+        .map_err(|err| Error::Startup(format!("cannot start connection threads: {err}")))?;
+        let (stop_accepting, stop) = bounded::<()>(1);
+        let (report_failure, failed) = bounded::<String>(1);
+        let tiny_listener = tiny_http::Listener::from(socket);
+        let tls = tiny_http::SslContextWrap::build_ssl_capabilities(None)
+            .map_err(|err| Error::Startup(format!("cannot set up the listener: {err}")))?;
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let accept = thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                let ended = listener::accept_loop(
+                    &tiny_listener,
+                    &stop,
+                    |listener| tiny_http::Server::accept_connection(listener, &tls),
+                    |connection| {
+                        if let Handoff::Full(connection) = pool.dispatch(connection) {
+                            refuse(connection, max_connections, &refusals);
+                        }
+                    },
+                );
+                if let Err(err) = ended {
+                    error!("the HTTP server stopped accepting connections: {err}");
+                    let _ = report_failure.send(err.to_string());
+                }
+            })
+            .map_err(|err| Error::Startup(format!("cannot start the accept thread: {err}")))?;
         Ok(HttpServer {
-            server,
             state,
-            handles,
-            exited,
+            accept: Some(accept),
+            stop_accepting,
+            listener: wake,
+            failed,
             local_addr,
         })
     }
@@ -105,128 +137,117 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// From now on every request is answered `503 unavailable`.
+    /// Delivers once if the accept loop ended on an error: the server can no longer take
+    /// connections and should shut down.
+    pub fn failed(&self) -> &Receiver<String> {
+        &self.failed
+    }
+
+    /// From now on every request is answered `503 unavailable` and its connection closed.
     pub fn refuse_new_requests(&self) {
         self.state.shutting_down.store(true, Ordering::Release);
     }
 
-    /// Stops the handler threads and waits for them, for at most `patience`; returns early with
-    /// `false` if `interrupt` delivers (a second signal). Threads still busy after that are
-    /// left to the process exit: none of them holds an acknowledgement that has not been sent.
-    pub fn stop(self, patience: Duration, interrupt: &Receiver<()>) -> bool {
+    /// Stops accepting, then waits until every request already received has been answered,
+    /// for at most `patience`; returns early with `false` if `interrupt` delivers (a second
+    /// signal). Idle keep-alive connections are left to the process exit.
+    pub fn stop(mut self, patience: Duration, interrupt: &Receiver<()>) -> bool {
         self.refuse_new_requests();
-        for _ in &self.handles {
-            // Each call wakes one thread blocked in `recv`.
-            let _ = self.server.unblock();
-        }
-        select! {
-            recv(self.exited) -> _ => {}
-            recv(interrupt) -> _ => return false,
-            default(patience) => {
-                warn!("some HTTP handler threads are still busy after {patience:?}; not waiting");
-                return true;
-            },
-        }
-        for handle in self.handles {
-            if handle.join().is_err() {
-                error!("an HTTP handler thread panicked outside a request");
+        let _ = self.stop_accepting.send(());
+        listener::interrupt_accept(&self.listener);
+        if let Some(accept) = self.accept.take() {
+            if accept.join().is_err() {
+                error!("the accept thread panicked");
             }
         }
-        true
+        let (answered_tx, answered) = bounded::<bool>(1);
+        let state = Arc::clone(&self.state);
+        let waiting = thread::Builder::new()
+            .name("http-drain".into())
+            .spawn(move || {
+                let _ = answered_tx.send(state.in_flight.wait_idle(patience));
+            });
+        if let Err(err) = waiting {
+            warn!("cannot wait for requests in progress: {err}");
+            return true;
+        }
+        select! {
+            recv(answered) -> all => {
+                if all != Ok(true) {
+                    warn!("some requests were still being answered after {patience:?}; not waiting");
+                }
+                true
+            }
+            recv(interrupt) -> _ => false,
+        }
     }
 }
 
-/// Binds the address with `TCP_NODELAY` and `IO_TIMEOUT` set on the listener, which accepted
-/// connections inherit on Linux: tiny_http writes a response over 1 KiB in several writes, and Nagle's
-/// algorithm with the client's delayed ACK would hold each such response back ~40 ms.
-///
-/// Public so the benchmark's bare ceiling server runs tiny_http exactly as configured here.
+/// Answers a connection beyond `MAX_CONNECTIONS` with a `503` on a short-lived thread, so a
+/// client learns why; more than `MAX_REFUSALS` at once are closed unanswered.
+fn refuse<C, E>(connection: C, limit: usize, refusals: &Arc<AtomicUsize>)
+where
+    C: Iterator<Item = std::result::Result<tiny_http::Request, E>> + Send + 'static,
+{
+    let taken = refusals.fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+        (busy < MAX_REFUSALS).then_some(busy + 1)
+    });
+    if taken.is_err() {
+        debug!("closed a connection over MAX_CONNECTIONS without an answer");
+        return;
+    }
+    let refusing = Arc::clone(refusals);
+    let spawned = thread::Builder::new().name("refuse".into()).spawn(move || {
+        let mut connection = connection;
+        if let Some(Ok(request)) = connection.next() {
+            let response = ApiResponse::from_error(&Error::TooManyConnections { limit })
+                .with_header("Connection", "close".into());
+            let _ = request.respond(response.into_tiny());
+        }
+        refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        refusals.fetch_sub(1, Ordering::AcqRel);
+    }
+    warn!("refused a connection: all {limit} connection slots (MAX_CONNECTIONS) are taken");
+}
+
+/// Raises the soft limit on open files to the hard one, and lowers the connection cap to what
+/// the limit allows: running out of descriptors would stop `accept` itself.
+fn fit_descriptor_limit(max_connections: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max_connections;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if max_connections > room {
+        let fitted = room.max(1);
+        warn!(
+            "MAX_CONNECTIONS is {max_connections} but the open-files limit is {limit}; serving at most {fitted} connections (raise it with ulimit -n)"
+        );
+        return fitted;
+    }
+    max_connections
+}
+
+/// A stock tiny_http server (its own accept loop and connection threads) on a listener set up
+/// like ours: for the benchmark's bare ceiling server, the speed of tiny_http doing no work.
 pub fn listen(
     addr: SocketAddr,
 ) -> std::result::Result<(tiny_http::Server, SocketAddr), Box<dyn std::error::Error + Send + Sync>>
 {
     let listener = std::net::TcpListener::bind(addr)?;
-    let socket = socket2::SockRef::from(&listener);
-    socket.set_nodelay(true)?;
-    // Accepted sockets inherit the timeouts too (tiny_http sets none of its own).
-    socket.set_read_timeout(Some(IO_TIMEOUT))?;
-    socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    socket2::SockRef::from(&listener).set_nodelay(true)?;
     let local_addr = listener.local_addr()?;
     let server = tiny_http::Server::from_listener(
         listener,
         tiny_http::ListenAddr::from(local_addr),
-        tiny_http::ServerConfig::new_http(local_addr)?.set_min_threads(CONNECTION_THREADS),
+        tiny_http::ServerConfig::new_http(local_addr)?.set_min_threads(256),
     )?;
     Ok((server, local_addr))
-}
-
-fn serve(server: &tiny_http::Server, state: &AppState) {
-    loop {
-        match server.recv() {
-            Ok(Ok(request)) => handle(state, request),
-            Ok(Err(bad_request)) => debug!("unreadable request: {bad_request}"),
-            // `unblock` (one queued per thread at shutdown), or tiny_http stopped accepting.
-            Err(err) => {
-                if !state.is_shutting_down() {
-                    error!("HTTP handler thread stopping: the server stopped accepting ({err})");
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn handle(state: &AppState, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    // The request line is copied only when the request log is on.
-    let line = log::log_enabled!(log::Level::Info).then(|| {
-        let path = request.url().split('?').next().unwrap_or_default();
-        format!("{} {path}", request.method())
-    });
-    let response = answer_or_500(|| routes::route(state, &mut request));
-    let status = response.status;
-    if let Err(err) = request.respond(response.into_tiny()) {
-        debug!("could not send a response: {err}");
-    }
-    if let Some(line) = line {
-        info!(
-            "{line} {status} {:.3}ms",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-}
-
-/// Runs a handler so that an error becomes its JSON response and a panic becomes a JSON 500;
-/// either way the handler thread lives on. The panic hook has already logged the message.
-fn answer_or_500(handler: impl FnOnce() -> Result<ApiResponse>) -> ApiResponse {
-    catch_unwind(AssertUnwindSafe(handler))
-        .unwrap_or_else(|_| Err(Error::Internal("a request handler panicked".into())))
-        .unwrap_or_else(|err| ApiResponse::from_error(&err))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_panicking_handler_answers_a_json_500() {
-        let response = answer_or_500(|| panic!("boom"));
-        assert_eq!(response.status, 500);
-        assert_eq!(
-            response.body.as_deref(),
-            Some(
-                r#"{"error":{"code":"internal_error","message":"internal error; the server log has the details"}}"#
-            )
-        );
-    }
-
-    #[test]
-    fn an_error_becomes_its_envelope() {
-        let response = answer_or_500(|| Err(Error::NotFound("no job with id x".into())));
-        assert_eq!(response.status, 404);
-        assert_eq!(
-            response.body.as_deref(),
-            Some(r#"{"error":{"code":"not_found","message":"no job with id x"}}"#)
-        );
-    }
 }

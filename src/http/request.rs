@@ -1,32 +1,79 @@
 //! Reading a request: the JSON body through a size cap and a media-type check, and the query
 //! string into name/value pairs.
 
-use std::io::Read;
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::http::framing::Body;
 
-/// Reads and parses a JSON body of at most `limit` bytes. A missing `Content-Type` is taken
-/// as JSON (handy with plain curl); any other declared type is refused.
-pub fn read_json_body(request: &mut tiny_http::Request, limit: usize) -> Result<Value> {
+/// How much body a request may send, and how long it may take to send it.
+#[derive(Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    /// From the first read of the body to its last byte. Each read also gives up after
+    /// `HTTP_IDLE_TIMEOUT_SECONDS` of silence, so a body holds its connection thread for at
+    /// most this plus one idle timeout, however slowly it trickles in.
+    pub patience: Duration,
+}
+
+/// Reads and parses a JSON body of at most `limits.max_bytes` bytes, sets `body_read` once
+/// it was read to its end. A missing `Content-Type` is taken as JSON (handy with plain curl);
+/// any other declared type is refused.
+pub fn read_json_body(
+    request: &mut tiny_http::Request,
+    framing: &Body,
+    limits: BodyLimits,
+    body_read: &mut bool,
+) -> Result<Value> {
     if let Some(content_type) = request.headers().get("Content-Type") {
         check_json_media_type(content_type.as_str())?;
     }
-    if request.body_length().is_some_and(|length| length > limit) {
+    let limit = limits.max_bytes;
+    let declared = match framing {
+        Body::Length(length) => Some(*length),
+        Body::Empty | Body::Chunked => None,
+    };
+    if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
         return Err(Error::PayloadTooLarge { limit });
     }
-    let mut body = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    request
-        .as_reader()
-        .take(cap)
-        .read_to_end(&mut body)
-        .map_err(|err| Error::InvalidJson(format!("could not read the request body: {err}")))?;
-    if body.len() > limit {
-        return Err(Error::PayloadTooLarge { limit });
+    let started = Instant::now();
+    let reader = request.as_reader();
+    let mut body = Vec::with_capacity(declared.map_or(0, |length| length as usize).min(limit));
+    let mut chunk = [0_u8; 8192];
+    loop {
+        if started.elapsed() > limits.patience {
+            return Err(body_too_slow(limits.patience));
+        }
+        let read = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(body_too_slow(limits.patience))
+            }
+            Err(err) => {
+                return Err(Error::BadRequest(format!(
+                    "could not read the request body: {err}"
+                )))
+            }
+        };
+        if body.len() + read > limit {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk[..read]);
     }
+    *body_read = true;
     parse_json(&body)
+}
+
+fn body_too_slow(patience: Duration) -> Error {
+    Error::RequestTimeout(format!(
+        "the request body did not arrive within {} s",
+        patience.as_secs()
+    ))
 }
 
 pub fn parse_json(body: &[u8]) -> Result<Value> {

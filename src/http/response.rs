@@ -51,6 +51,7 @@ impl ApiResponse {
             | Error::CorruptRow(_)
             | Error::Internal(_)
             | Error::Startup(_)
+            | Error::ListenerFailed(_)
             | Error::Config { .. } => {
                 log::error!("internal error: {error}");
                 if status == 503 {
@@ -69,6 +70,8 @@ impl ApiResponse {
             Error::MethodNotAllowed { allow } => {
                 response.with_header("Allow", (*allow).to_string())
             }
+            Error::Unauthorized(_) => response.with_header("WWW-Authenticate", "Bearer".into()),
+            Error::TooManyConnections { .. } => response.with_header("Retry-After", "1".into()),
             _ => response,
         }
     }
@@ -115,12 +118,19 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::PayloadTooLarge { .. } => (413, "payload_too_large"),
         Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
         Error::Unavailable(_) => (503, "unavailable"),
+        Error::BadRequest(_) => (400, "bad_request"),
+        Error::Unauthorized(_) => (401, "unauthorized"),
+        Error::RequestTimeout(_) => (408, "request_timeout"),
+        Error::UriTooLong { .. } => (414, "uri_too_long"),
+        Error::HeaderTooLarge(_) => (431, "header_too_large"),
+        Error::TooManyConnections { .. } => (503, "too_many_connections"),
         Error::Database(err) if database_unavailable(err) => (503, "unavailable"),
         Error::Database(_)
         | Error::CorruptRow(_)
         | Error::Internal(_)
         | Error::Config { .. }
-        | Error::Startup(_) => (500, "internal_error"),
+        | Error::Startup(_)
+        | Error::ListenerFailed(_) => (500, "internal_error"),
     }
 }
 

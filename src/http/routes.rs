@@ -4,11 +4,19 @@
 use tiny_http::{Method, Request};
 
 use crate::error::{Error, Result};
+use crate::http::framing::Body;
 use crate::http::handlers::{self, AppState};
-use crate::http::request::read_json_body;
+use crate::http::request::{read_json_body, BodyLimits};
 use crate::http::response::ApiResponse;
 
-pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
+/// Routes one request. `body_read` is set once its body has been read to the end, so the
+/// connection knows whether the next bytes on it start a new request.
+pub fn route(
+    state: &AppState,
+    request: &mut Request,
+    body: &Body,
+    body_read: &mut bool,
+) -> Result<ApiResponse> {
     if state.is_shutting_down() {
         return Err(Error::Unavailable(
             "the server is shutting down; try again after it restarts".into(),
@@ -22,7 +30,11 @@ pub fn route(state: &AppState, request: &mut Request) -> Result<ApiResponse> {
         (Method::Get, ["health"]) => Ok(handlers::health(state)),
         (Method::Get, ["functions"]) => Ok(handlers::functions(state)),
         (Method::Post, ["jobs"]) => {
-            let body = read_json_body(request, state.max_body_bytes)?;
+            let limits = BodyLimits {
+                max_bytes: state.max_body_bytes,
+                patience: state.body_patience,
+            };
+            let body = read_json_body(request, body, limits, body_read)?;
             handlers::submit(state, body)
         }
         (Method::Get, ["jobs"]) => handlers::list(state, query),
