@@ -89,7 +89,11 @@ pub fn accept_loop<C>(
         if stopped(stop, Duration::ZERO) {
             return Ok(());
         }
-        match accept(listener) {
+        // tiny_http duplicates each accepted socket and panics if that fails, which happens
+        // when the last descriptor went to `accept` itself: that is exhaustion too.
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| accept(listener)))
+            .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(Errno::EMFILE as i32)));
+        match accepted {
             Ok(Some(connection)) => {
                 exhausted_since = None;
                 dispatch(connection);

@@ -71,7 +71,8 @@ impl HttpServer {
         let cannot_listen = |err: std::io::Error| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         };
-        let max_connections = fit_descriptor_limit(config.max_connections);
+        let max_connections = config.max_connections;
+        raise_descriptor_limit(max_connections);
         let socket =
             listener::bind(config.server_addr, config.http_idle_timeout).map_err(cannot_listen)?;
         let local_addr = socket.local_addr().map_err(cannot_listen)?;
@@ -212,27 +213,28 @@ where
     warn!("refused a connection: all {limit} connection slots (MAX_CONNECTIONS) are taken");
 }
 
-/// Raises the soft limit on open files to the hard one, and lowers the connection cap to what
-/// the limit allows: running out of descriptors would stop `accept` itself.
-fn fit_descriptor_limit(max_connections: usize) -> usize {
+/// Raises the soft limit on open files to the hard one, and warns when even that leaves too
+/// few descriptors for `MAX_CONNECTIONS`: running out would stop `accept` itself.
+fn raise_descriptor_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return max_connections;
+        return;
     };
     let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         hard
     } else {
         soft
     };
-    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
-    if max_connections > room {
-        let fitted = room.max(1);
+    // Each connection takes two descriptors (tiny_http duplicates the socket).
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(RESERVED_DESCRIPTORS);
+    if limit < needed {
         warn!(
-            "MAX_CONNECTIONS is {max_connections} but the open-files limit is {limit}; serving at most {fitted} connections (raise it with ulimit -n)"
+            "the open-files limit is {limit}, too low for MAX_CONNECTIONS={max_connections} (about {needed} needed); raise it (ulimit -n) or lower MAX_CONNECTIONS"
         );
-        return fitted;
     }
-    max_connections
 }
 
 /// A stock tiny_http server (its own accept loop and connection threads) on a listener set up

@@ -90,6 +90,39 @@ impl ApiResponse {
     }
 }
 
+impl ApiResponse {
+    /// Writes the response with `Connection: close`, which tiny_http's `Response` refuses to
+    /// carry, straight to the connection's writer. Only for responses after which the server
+    /// closes the connection: the client must not send another request on it.
+    pub fn write_closing(
+        self,
+        writer: &mut dyn std::io::Write,
+        head_only: bool,
+    ) -> std::io::Result<()> {
+        let reason = tiny_http::StatusCode(self.status).default_reason_phrase();
+        let body = self.body.unwrap_or_default();
+        let mut head = format!("HTTP/1.1 {} {reason}\r\n", self.status);
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        for (name, value) in &self.headers {
+            // Header values come from our own code, but a stray line break must never split them.
+            if !value.contains(['\r', '\n']) {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        writer.write_all(head.as_bytes())?;
+        if !head_only {
+            writer.write_all(body.as_bytes())?;
+        }
+        writer.flush()
+    }
+}
+
 /// Built once: parsing and checking a header's bytes costs more than cloning it. (`None`
 /// cannot happen with these constant bytes.)
 fn json_content_type() -> Option<tiny_http::Header> {

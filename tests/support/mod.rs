@@ -658,11 +658,19 @@ fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
 #[derive(Default)]
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
+    open_files: Option<u64>,
 }
 
 impl ServerBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the server with this limit on open files (soft and hard), through `sh -c
+    /// 'ulimit -n N; exec …'`, so the process under test is still the server itself.
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
         self
     }
 
@@ -672,6 +680,7 @@ impl ServerBuilder {
             addr: "127.0.0.1:1".parse().unwrap(),
             dir,
             env: self.env,
+            open_files: self.open_files,
             child: None,
             exit_status: None,
             stdout: Arc::new(Mutex::new(Vec::new())),
@@ -688,6 +697,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    open_files: Option<u64>,
     child: Option<Child>,
     exit_status: Option<ExitStatus>,
     stdout: Arc<Mutex<Vec<u8>>>,
@@ -719,7 +729,16 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.open_files {
+            None => Command::new(BIN),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\""))
+                    .arg(BIN);
+                sh
+            }
+        };
         cmd.current_dir(&self.dir);
         for var in config_vars() {
             cmd.env_remove(var);
@@ -877,6 +896,12 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.kill_9();
         self.spawn();
+    }
+
+    /// [`restart`](Self::restart) without the open-files limit it was started with.
+    pub fn restart_without_limit(&mut self) {
+        self.open_files = None;
+        self.restart();
     }
 
     // -- HTTP -------------------------------------------------------------
