@@ -10,7 +10,7 @@ mod reply;
 mod row;
 mod schema;
 #[cfg(test)]
-mod test_dir;
+pub(crate) mod test_dir;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
