@@ -1,0 +1,72 @@
+//! What the server says at start about a configuration that cannot work as meant: a missing
+//! `FUNCTIONS_DIR`, an invalid `RUST_LOG`, a `DATABASE_URL` that cannot be opened.
+
+mod support;
+
+use std::fs;
+
+use support::*;
+
+/// Waits until the server has logged its `listening on` line (logged after every start-up
+/// check), then returns the whole log so far.
+fn log_after_start(server: &TestServer) -> String {
+    eventually(secs(10), "the `listening on` log line", || {
+        let log = server.stderr_text();
+        log.lines()
+            .any(|line| line.contains("INFO") && line.contains("listening on http://"))
+            .then_some(log)
+    })
+}
+
+fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|line| line.contains(needle)).collect()
+}
+
+#[test]
+fn a_missing_functions_dir_is_named_in_one_warning_at_start() {
+    let server = TestServer::builder()
+        .env("FUNCTIONS_DIR", "no-such-dir")
+        .start();
+    let log = log_after_start(&server);
+    let path = server.dir().join("no-such-dir");
+    let warnings = lines_with(&log, "FUNCTIONS_DIR");
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains(&format!("FUNCTIONS_DIR {} does not exist", path.display())),
+        "{log}"
+    );
+
+    // A path that is a file is not a directory either.
+    let file = server.dir().join("a-file");
+    fs::write(&file, "").unwrap();
+    let other = TestServer::builder()
+        .env("FUNCTIONS_DIR", file.to_str().unwrap())
+        .start();
+    let log = log_after_start(&other);
+    let warnings = lines_with(&log, "FUNCTIONS_DIR");
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&format!(
+            "FUNCTIONS_DIR {} is not a directory",
+            file.display()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_existing_functions_dir_starts_without_a_warning() {
+    let dir = unique_temp_dir();
+    let server = TestServer::builder()
+        .env("FUNCTIONS_DIR", dir.to_str().unwrap())
+        .start();
+    let log = log_after_start(&server);
+    assert_eq!(
+        lines_with(&log, "FUNCTIONS_DIR"),
+        Vec::<&str>::new(),
+        "{log}"
+    );
+    drop(server);
+    let _ = fs::remove_dir_all(&dir);
+}
