@@ -70,3 +70,33 @@ fn an_existing_functions_dir_starts_without_a_warning() {
     drop(server);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// env_logger drops a directive it cannot parse, which leaves only error lines; a bare word
+/// that is not a level is a module name, which hides everything. Both now warn and log.
+#[test]
+fn an_invalid_rust_log_warns_and_logs_with_the_default_filter() {
+    for (spec, says) in [
+        ("mini_lambda_rust=loud", "is not a valid log filter"),
+        ("verbose", "sets no level for mini_lambda_rust"),
+    ] {
+        let server = TestServer::builder().env("RUST_LOG", spec).start();
+        // The info lines of the start are there: logging was not silenced.
+        let log = log_after_start(&server);
+        let warnings = lines_with(&log, "RUST_LOG");
+        assert_eq!(warnings.len(), 1, "RUST_LOG={spec}: {log}");
+        assert!(
+            warnings[0].contains("WARN")
+                && warnings[0].contains(&format!("RUST_LOG={spec:?} {says}")),
+            "RUST_LOG={spec}: {log}"
+        );
+        // And a job's events are logged as with the default filter.
+        let id = server.submit(serde_json::json!({"payload": {"duration_ms": 0}}));
+        server.wait_for_status(&id, "success", secs(10));
+        eventually(secs(5), "the job's `started` line", || {
+            let log = server.stderr_text();
+            log.lines()
+                .any(|line| line.contains(&format!("job {id} started")))
+                .then_some(())
+        });
+    }
+}
