@@ -37,7 +37,12 @@ pub enum Error {
         variable: &'static str,
         message: String,
     },
-    /// The server could not start: the address is taken, the database cannot be opened, etc.
+    /// The database file cannot be opened or is not a SQLite database (its directory does not
+    /// exist, it is a directory or another kind of file, it may not be written). The start is
+    /// refused; the message names the file and says what is wrong with it.
+    DatabaseUnusable(String),
+    /// The server could not start: the address is taken, a thread cannot be started, the
+    /// database was made by a newer build, etc.
     Startup(String),
 }
 
@@ -55,6 +60,7 @@ impl fmt::Display for Error {
             | Error::Unavailable(message)
             | Error::CorruptRow(message)
             | Error::Internal(message)
+            | Error::DatabaseUnusable(message)
             | Error::Startup(message) => f.write_str(message),
             Error::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed on this path; allowed: {allow}")

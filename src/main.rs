@@ -54,6 +54,12 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }
+        // The store opens the file DATABASE_URL names; a file that cannot be one is a
+        // configuration error like any other, not a failure worth restarting for.
+        Err(err @ Error::DatabaseUnusable(_)) => {
+            eprintln!("error: DATABASE_URL: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

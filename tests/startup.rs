@@ -100,3 +100,53 @@ fn an_invalid_rust_log_warns_and_logs_with_the_default_filter() {
         });
     }
 }
+
+/// A database file that cannot be opened is a configuration error: exit 2 and one stderr line
+/// that names DATABASE_URL, the file and what is wrong with it.
+#[test]
+fn a_database_url_that_cannot_be_opened_exits_2_naming_the_variable() {
+    let dir = unique_temp_dir();
+    let text = dir.join("notes.txt");
+    fs::write(
+        &text,
+        "these are notes, not a database; long enough for a header",
+    )
+    .unwrap();
+    let missing = dir.join("missing").join("jobs.db");
+    let cases = [
+        (
+            format!("sqlite://{}", missing.display()),
+            format!(
+                "error: DATABASE_URL: cannot open the database file {}: the directory {} does not exist",
+                missing.display(),
+                dir.join("missing").display()
+            ),
+        ),
+        (
+            dir.display().to_string(),
+            format!(
+                "error: DATABASE_URL: cannot open the database file {}: it is a directory; \
+                 name a file in it, e.g. {}",
+                dir.display(),
+                dir.join("mini_lambda.db").display()
+            ),
+        ),
+        (
+            text.display().to_string(),
+            format!(
+                "error: DATABASE_URL: cannot open the database file {}: file is not a database",
+                text.display()
+            ),
+        ),
+    ];
+    for (url, expected) in cases {
+        let out = run_to_exit(&[], &[("DATABASE_URL", &url)], secs(20));
+        assert_eq!(
+            (out.status.code(), out.stderr.trim_end()),
+            (Some(2), expected.as_str()),
+            "DATABASE_URL={url}"
+        );
+        assert_eq!(out.stdout, "", "DATABASE_URL={url}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,7 @@ impl ApiResponse {
             | Error::CorruptRow(_)
             | Error::Internal(_)
             | Error::Startup(_)
+            | Error::DatabaseUnusable(_)
             | Error::Config { .. } => {
                 log::error!("internal error: {error}");
                 if status == 503 {
@@ -120,6 +121,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         | Error::CorruptRow(_)
         | Error::Internal(_)
         | Error::Config { .. }
+        | Error::DatabaseUnusable(_)
         | Error::Startup(_) => (500, "internal_error"),
     }
 }
