@@ -94,7 +94,7 @@ fn run_in(
     cancel: &Receiver<()>,
 ) -> (Outcome, Details) {
     let deadline = Timestamp::now().plus(job.timeout());
-    let attempt = job.attempt.unwrap_or(job.retry_count + 1);
+    let attempt = job.attempt_number();
     let mut command = Command::new(path);
     command
         .env_clear()

@@ -150,6 +150,44 @@ fn logs_each_job_event_and_each_request_to_stderr() {
     );
 }
 
+/// The log's attempt number is the one `GET /jobs/:id/attempts` shows, also after a manual
+/// retry, which starts `retry_count` over but continues the count of attempts.
+#[test]
+fn the_started_line_gives_the_attempt_number_the_api_shows() {
+    let server = TestServer::start();
+    let id = server.submit(json!({
+        "payload": {"duration_ms": 0, "should_fail": true},
+        "max_retries": 1
+    }));
+    server.wait_for_status(&id, "failed", secs(10));
+    assert_eq!(server.post_empty(&format!("/jobs/{id}/retry")).status, 202);
+    server.wait_for_job(&id, secs(10), "the manual retry's attempts to end", |job| {
+        job["status"] == "failed" && job["retry_count"] == 1
+    });
+    let numbers: Vec<u64> = server
+        .get(&format!("/jobs/{id}/attempts"))
+        .json()
+        .as_array()
+        .expect("an array of attempts")
+        .iter()
+        .map(|attempt| attempt["attempt"].as_u64().expect("a number"))
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4]);
+    let logged = eventually(secs(5), "four `started` lines", || {
+        let log = server.stderr_text();
+        let started: Vec<String> = log
+            .lines()
+            .filter_map(|line| line.split_once(&format!("job {id} started ")))
+            .map(|(_, rest)| rest.to_string())
+            .collect();
+        (started.len() == 4).then_some(started)
+    });
+    assert_eq!(
+        logged,
+        ["(attempt 1)", "(attempt 2)", "(attempt 3)", "(attempt 4)"]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Durability across restarts
 // ---------------------------------------------------------------------------
