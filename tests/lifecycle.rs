@@ -100,6 +100,44 @@ fn help_lists_every_variable_with_defaults_and_exits_0() {
     assert!(!out.stdout.contains("listening on"));
 }
 
+/// Every variable's meaning starts in the same column, however long the longest name, and a
+/// variable without a default says nothing about one.
+#[test]
+fn help_aligns_the_meanings_and_omits_empty_defaults() {
+    let out = run_to_exit(&["--help"], &[], secs(20));
+    assert_eq!(out.status.code(), Some(0), "stderr {:?}", out.stderr);
+    let (_, table) = out
+        .stdout
+        .split_once("Configuration comes from the environment:\n")
+        .unwrap_or_else(|| panic!("no variable table: {}", out.stdout));
+    let names = config_vars().chain(["RUST_LOG"]);
+    let columns: Vec<(&str, usize)> = table
+        .lines()
+        .zip(names)
+        .map(|(line, name)| {
+            let rest = line
+                .strip_prefix("    ")
+                .and_then(|rest| rest.strip_prefix(name))
+                .unwrap_or_else(|| panic!("expected {name} in {line:?}"));
+            let gap = rest.len() - rest.trim_start().len();
+            assert!(gap >= 1, "{name}: meaning not set apart: {line:?}");
+            (name, 4 + name.len() + gap)
+        })
+        .collect();
+    assert_eq!(columns.len(), config_vars().count() + 1, "{table}");
+    let first = columns[0].1;
+    assert!(
+        columns.iter().all(|&(_, column)| column == first),
+        "meanings start in different columns: {columns:?}\n{table}"
+    );
+    assert!(!out.stdout.contains("(default: )"), "{}", out.stdout);
+    let passthrough = table
+        .lines()
+        .find(|line| line.contains("FUNCTION_ENV_PASSTHROUGH"))
+        .expect("FUNCTION_ENV_PASSTHROUGH is listed");
+    assert!(!passthrough.contains("default"), "{passthrough:?}");
+}
+
 #[test]
 fn version_prints_name_and_version_and_exits_0() {
     let out = run_to_exit(&["--version"], &[], secs(20));
