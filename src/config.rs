@@ -247,13 +247,25 @@ pub fn help_text() -> String {
         version = env!("CARGO_PKG_VERSION"),
         description = env!("CARGO_PKG_DESCRIPTION"),
     );
-    for variable in &VARIABLES {
-        text.push_str(&format!(
-            "    {:<24} {} (default: {})\n",
-            variable.name, variable.meaning, variable.default
-        ));
+    // (name, meaning, default); RUST_LOG is read by the logger, not by `Config`.
+    let rows: Vec<(&str, &str, &str)> = VARIABLES
+        .iter()
+        .map(|variable| (variable.name, variable.meaning, variable.default))
+        .chain([(
+            "RUST_LOG",
+            "log filter, e.g. mini_lambda_rust=debug",
+            "mini_lambda_rust=info",
+        )])
+        .collect();
+    // The widest name sets the column, so a longer variable added to the table stays aligned.
+    let width = rows.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
+    for (name, meaning, default) in rows {
+        text.push_str(&format!("    {name:<width$}  {meaning}"));
+        if !default.is_empty() {
+            text.push_str(&format!(" (default: {default})"));
+        }
+        text.push('\n');
     }
-    text.push_str("    RUST_LOG                 log filter, e.g. mini_lambda_rust=debug (default: mini_lambda_rust=info)\n");
     text
 }
 

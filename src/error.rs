@@ -51,7 +51,12 @@ pub enum Error {
         variable: &'static str,
         message: String,
     },
-    /// The server could not start: the address is taken, the database cannot be opened, etc.
+    /// The database file cannot be opened or is not a SQLite database (its directory does not
+    /// exist, it is a directory or another kind of file, it may not be written). The start is
+    /// refused; the message names the file and says what is wrong with it.
+    DatabaseUnusable(String),
+    /// The server could not start: the address is taken, a thread cannot be started, the
+    /// database was made by a newer build, etc.
     Startup(String),
     /// The accept loop ended on an error it cannot recover from (for example, out of file
     /// descriptors for too long); the server drained and exits non-zero for a restart.
@@ -76,6 +81,7 @@ impl fmt::Display for Error {
             | Error::Unauthorized(message)
             | Error::CorruptRow(message)
             | Error::Internal(message)
+            | Error::DatabaseUnusable(message)
             | Error::Startup(message) => f.write_str(message),
             Error::ListenerFailed(message) => {
                 write!(f, "the server stopped accepting connections: {message}")

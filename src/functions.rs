@@ -5,9 +5,11 @@
 //! restart.
 
 use std::fs;
+use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use log::warn;
 use serde::Serialize;
 
 use crate::time::Timestamp;
@@ -27,6 +29,26 @@ pub struct Functions {
 impl Functions {
     pub fn new(dir: PathBuf) -> Functions {
         Functions { dir }
+    }
+
+    /// Logs one warning at start if the directory cannot serve functions (missing, not a
+    /// directory, unreadable). Not an error: the directory is read on each request, so
+    /// creating it later is enough, and a server without functions still runs simulated jobs.
+    pub fn warn_if_unusable(&self) {
+        let dir = self.dir.display();
+        match fs::read_dir(&self.dir) {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => warn!(
+                "FUNCTIONS_DIR {dir} does not exist: jobs naming a function are refused until \
+                 it is created (no restart needed)"
+            ),
+            Err(err) if err.kind() == ErrorKind::NotADirectory => {
+                warn!("FUNCTIONS_DIR {dir} is not a directory: jobs naming a function are refused")
+            }
+            Err(err) => warn!(
+                "FUNCTIONS_DIR {dir} cannot be read ({err}): jobs naming a function are refused"
+            ),
+        }
     }
 
     /// Every function, sorted by name. A missing directory has none.

@@ -110,6 +110,13 @@ impl Job {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.timeout_seconds))
     }
+
+    /// The number of the attempt being run, as `GET /jobs/:id/attempts` shows it: the claim
+    /// sets it. `retry_count + 1` is only a fallback for a job not claimed, because a manual
+    /// retry resets `retry_count` but not the count of attempts.
+    pub fn attempt_number(&self) -> u32 {
+        self.attempt.unwrap_or(self.retry_count + 1)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -26,6 +27,8 @@ use crate::time::Timestamp;
 const STDERR_TAIL_BYTES: usize = 64 * 1024;
 /// How long to wait for the output readers once every process of the group is gone.
 const READERS_WAIT: Duration = Duration::from_secs(2);
+/// How much of a script's first line the kernel reads for its `#!` interpreter (Linux).
+const SHEBANG_LIMIT: usize = 256;
 
 /// Runs function `path` for `job`; returns how the attempt ended and what it left behind.
 pub fn run(
@@ -91,7 +94,7 @@ fn run_in(
     cancel: &Receiver<()>,
 ) -> (Outcome, Details) {
     let deadline = Timestamp::now().plus(job.timeout());
-    let attempt = job.attempt.unwrap_or(job.retry_count + 1);
+    let attempt = job.attempt_number();
     let mut command = Command::new(path);
     command
         .env_clear()
@@ -109,7 +112,7 @@ fn run_in(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            let message = format!("could not start function {name}: {err}");
+            let message = spawn_failure(name, path, &err);
             return (Outcome::Failed(message), Details::default());
         }
     };
@@ -156,6 +159,73 @@ fn run_in(
         stderr_tail: Some(stderr_tail),
     };
     (outcome, details)
+}
+
+/// Why function `name` could not start. The kernel answers "No such file or directory" both
+/// when the file is gone and when the interpreter its `#!` line names is missing, so the
+/// second case is told apart and the missing file named.
+fn spawn_failure(name: &str, path: &Path, err: &std::io::Error) -> String {
+    let prefix = format!("cannot start function {name}");
+    let interpreter = fs::File::open(path)
+        .ok()
+        .and_then(|file| interpreter_of(file).ok().flatten());
+    match (err.raw_os_error().map(Errno::from_raw), interpreter) {
+        (Some(Errno::ENOENT), Some(interpreter)) if Path::new(&interpreter).is_file() => format!(
+            "{prefix}: its interpreter {interpreter} (from the #! line) exists, but a file it \
+             needs to start was not found: {err}"
+        ),
+        (Some(Errno::ENOENT), Some(interpreter)) => match interpreter.strip_suffix('\r') {
+            // The classic: a script saved with Windows line endings asks for "/bin/sh\r".
+            Some(without_cr) => format!(
+                "{prefix}: its interpreter {without_cr} (from the #! line) was not found, \
+                 because the line ends in a carriage return: the file has Windows (CRLF) line \
+                 endings; convert it to LF"
+            ),
+            None if !interpreter.starts_with('/') => format!(
+                "{prefix}: its interpreter {interpreter} (from the #! line) was not found; \
+                 a #! line needs an absolute path, e.g. #!/usr/bin/env {interpreter}"
+            ),
+            None => {
+                format!("{prefix}: its interpreter {interpreter} (from the #! line) was not found")
+            }
+        },
+        (Some(Errno::ENOENT), None) if path.exists() => format!(
+            "{prefix}: a file it needs to start was not found (for a program, its dynamic \
+             loader: is it built for this system?): {err}"
+        ),
+        (Some(Errno::ENOENT), None) => {
+            format!("{prefix}: {} no longer exists: {err}", path.display())
+        }
+        (Some(Errno::EACCES), Some(interpreter)) if !is_executable_file(&interpreter) => format!(
+            "{prefix}: its interpreter {interpreter} (from the #! line) is not executable: {err}"
+        ),
+        (Some(Errno::ENOEXEC), None) => format!(
+            "{prefix}: it is neither a program for this system nor a script with a #! line \
+             (start a script with one, e.g. #!/bin/sh): {err}"
+        ),
+        _ => format!("{prefix}: {err}"),
+    }
+}
+
+fn is_executable_file(path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// The interpreter a script's `#!` line names, as the kernel reads it: the first word after
+/// `#!` on the first line, within the first 256 bytes. `None` for a file without `#!`.
+fn interpreter_of(file: impl Read) -> std::io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(SHEBANG_LIMIT);
+    file.take(SHEBANG_LIMIT as u64).read_to_end(&mut head)?;
+    let Some(line) = head.strip_prefix(b"#!") else {
+        return Ok(None);
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let interpreter = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned());
+    Ok(interpreter)
 }
 
 fn too_large_message(runner: &FunctionRunner) -> String {
@@ -346,6 +416,56 @@ fn read_tail(pipe: &mut impl Read, keep: usize, tail: &Mutex<VecDeque<u8>>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_interpreter_is_the_first_word_of_the_shebang_line() {
+        let read = |text: &[u8]| interpreter_of(text).unwrap();
+        assert_eq!(read(b"#!/bin/sh\necho\n").as_deref(), Some("/bin/sh"));
+        assert_eq!(
+            read(b"#! /usr/bin/env python3 -u\n").as_deref(),
+            Some("/usr/bin/env")
+        );
+        assert_eq!(read(b"#!/bin/sh\r\necho\r\n").as_deref(), Some("/bin/sh\r"));
+        assert_eq!(read(b"#!\n"), None);
+        assert_eq!(read(b"echo no shebang\n"), None);
+        assert_eq!(read(b""), None);
+    }
+
+    /// The spawn error of a missing interpreter is the one of a missing file; the message
+    /// must name the interpreter, not leave the reader looking for the function.
+    #[test]
+    fn a_missing_interpreter_is_named_with_its_line() {
+        let dir = crate::store::test_dir::TestDir::new("process");
+        let script = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            path
+        };
+        let enoent = std::io::Error::from_raw_os_error(Errno::ENOENT as i32);
+        let missing = script("py", "#!/usr/bin/python9\nprint(1)\n");
+        assert_eq!(
+            spawn_failure("py", &missing, &enoent),
+            "cannot start function py: its interpreter /usr/bin/python9 (from the #! line) \
+             was not found"
+        );
+        let crlf = script("crlf", "#!/bin/sh\r\necho hi\r\n");
+        let message = spawn_failure("crlf", &crlf, &enoent);
+        assert!(
+            message.starts_with("cannot start function crlf: its interpreter /bin/sh (from")
+                && message.contains("Windows (CRLF) line endings"),
+            "{message}"
+        );
+        let relative = script("rel", "#!python3\n");
+        let message = spawn_failure("rel", &relative, &enoent);
+        assert!(message.contains("needs an absolute path"), "{message}");
+        let gone = dir.path().join("gone");
+        let message = spawn_failure("gone", &gone, &enoent);
+        assert!(message.contains("no longer exists"), "{message}");
+        let enoexec = std::io::Error::from_raw_os_error(Errno::ENOEXEC as i32);
+        let plain = script("plain", "echo hi\n");
+        let message = spawn_failure("plain", &plain, &enoexec);
+        assert!(message.contains("a script with a #! line"), "{message}");
+    }
 
     #[test]
     fn stdout_is_json_when_it_parses_and_text_otherwise() {

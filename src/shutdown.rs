@@ -50,6 +50,7 @@ pub fn run(
     }
     let running = Arc::new(RunningAttempts::default());
     let functions = Functions::new(config.functions_dir.clone());
+    functions.warn_if_unusable();
     let groups = Arc::new(ProcessGroups::default());
     let runner = Arc::new(FunctionRunner {
         functions: functions.clone(),

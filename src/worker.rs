@@ -339,7 +339,7 @@ fn attempt_end(
 /// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
 /// aborted, claims the next due job in the same write.
 fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
-    info!("job {} started (attempt {})", job.id, job.retry_count + 1);
+    info!("job {} started (attempt {})", job.id, job.attempt_number());
     let started = Instant::now();
     let cancel = context.running.start(&job);
     let (outcome, details) = executor::run_attempt(&job, &context.runner, &context.abort, &cancel);

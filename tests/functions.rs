@@ -430,17 +430,40 @@ fn a_function_killed_by_a_signal_fails_with_the_signal_number() {
     assert_eq!(attempt["stderr_tail"], "about to die\n", "{attempt}");
 }
 
+/// The kernel reports a missing `#!` interpreter as "No such file or directory", which reads
+/// as if the function itself were missing; the message names the file that is.
 #[test]
-fn a_function_that_cannot_start_fails_with_a_reason() {
+fn a_function_whose_interpreter_is_missing_fails_naming_the_interpreter() {
     let functions = Functions::new();
-    let path = functions.dir().join("broken");
-    fs::write(&path, "#!/nonexistent/interpreter\n").unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = functions.dir().join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write("broken", "#!/nonexistent/python9 -u\nprint('hi')\n");
+    write("crlf", "#!/bin/sh\r\necho hi\r\n");
     let server = functions.server().start();
+
     let job = run(&server, "broken", json!({}));
     assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        job["error_message"],
+        "cannot start function broken: its interpreter /nonexistent/python9 (from the #! line) \
+         was not found",
+        "{job}"
+    );
+    let attempt = only_attempt(&server, job["id"].as_str().unwrap());
+    assert_eq!(attempt["error_message"], job["error_message"], "{attempt}");
+
+    let job = run(&server, "crlf", json!({}));
+    assert_eq!(job["status"], "failed", "{job}");
     let message = job["error_message"].as_str().unwrap_or_default();
-    assert!(!message.is_empty(), "no reason given: {job}");
+    assert!(
+        message.starts_with(
+            "cannot start function crlf: its interpreter /bin/sh (from the #! line) was not found"
+        ) && message.contains("Windows (CRLF) line endings"),
+        "{job}"
+    );
 }
 
 #[test]
@@ -793,14 +816,21 @@ fn attempts_after_retries_carry_exit_code_stderr_tail_and_the_attempt_number() {
 // The shipped examples
 // ---------------------------------------------------------------------------
 
+/// The examples shipped in the repository's `functions/`.
+const SHIPPED: [&str; 4] = ["echo", "fail", "slow", "wordcount"];
+
+/// The shipped examples are copied into a private directory: the repository's `functions/` is
+/// where the README's tutorial has a user add their own (`greet`), and that must not change
+/// what the tests see.
 #[test]
 fn the_shipped_example_functions_work() {
-    let server = TestServer::builder()
-        .env(
-            "FUNCTIONS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/functions"),
-        )
-        .start();
+    let functions = Functions::new();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
+    for name in SHIPPED {
+        fs::copy(shipped.join(name), functions.dir().join(name))
+            .unwrap_or_else(|err| panic!("copy the shipped function {name}: {err}"));
+    }
+    let server = functions.server().start();
     let listed = server.get("/functions").json();
     let names: Vec<&str> = listed
         .as_array()
@@ -808,7 +838,7 @@ fn the_shipped_example_functions_work() {
         .iter()
         .map(|f| f["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["echo", "fail", "slow", "wordcount"], "{listed}");
+    assert_eq!(names, SHIPPED, "{listed}");
 
     let payload = json!({"hello": ["world", 1, true], "n": null});
     let job = run(&server, "echo", payload.clone());

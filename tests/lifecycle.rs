@@ -100,6 +100,44 @@ fn help_lists_every_variable_with_defaults_and_exits_0() {
     assert!(!out.stdout.contains("listening on"));
 }
 
+/// Every variable's meaning starts in the same column, however long the longest name, and a
+/// variable without a default says nothing about one.
+#[test]
+fn help_aligns_the_meanings_and_omits_empty_defaults() {
+    let out = run_to_exit(&["--help"], &[], secs(20));
+    assert_eq!(out.status.code(), Some(0), "stderr {:?}", out.stderr);
+    let (_, table) = out
+        .stdout
+        .split_once("Configuration comes from the environment:\n")
+        .unwrap_or_else(|| panic!("no variable table: {}", out.stdout));
+    let names = config_vars().chain(["RUST_LOG"]);
+    let columns: Vec<(&str, usize)> = table
+        .lines()
+        .zip(names)
+        .map(|(line, name)| {
+            let rest = line
+                .strip_prefix("    ")
+                .and_then(|rest| rest.strip_prefix(name))
+                .unwrap_or_else(|| panic!("expected {name} in {line:?}"));
+            let gap = rest.len() - rest.trim_start().len();
+            assert!(gap >= 1, "{name}: meaning not set apart: {line:?}");
+            (name, 4 + name.len() + gap)
+        })
+        .collect();
+    assert_eq!(columns.len(), config_vars().count() + 1, "{table}");
+    let first = columns[0].1;
+    assert!(
+        columns.iter().all(|&(_, column)| column == first),
+        "meanings start in different columns: {columns:?}\n{table}"
+    );
+    assert!(!out.stdout.contains("(default: )"), "{}", out.stdout);
+    let passthrough = table
+        .lines()
+        .find(|line| line.contains("FUNCTION_ENV_PASSTHROUGH"))
+        .expect("FUNCTION_ENV_PASSTHROUGH is listed");
+    assert!(!passthrough.contains("default"), "{passthrough:?}");
+}
+
 #[test]
 fn version_prints_name_and_version_and_exits_0() {
     let out = run_to_exit(&["--version"], &[], secs(20));
@@ -147,6 +185,44 @@ fn logs_each_job_event_and_each_request_to_stderr() {
             let mentions = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
             (mentions(&id) >= 3 && mentions(&failed) >= 3 && mentions("/health") >= 1).then_some(())
         },
+    );
+}
+
+/// The log's attempt number is the one `GET /jobs/:id/attempts` shows, also after a manual
+/// retry, which starts `retry_count` over but continues the count of attempts.
+#[test]
+fn the_started_line_gives_the_attempt_number_the_api_shows() {
+    let server = TestServer::start();
+    let id = server.submit(json!({
+        "payload": {"duration_ms": 0, "should_fail": true},
+        "max_retries": 1
+    }));
+    server.wait_for_status(&id, "failed", secs(10));
+    assert_eq!(server.post_empty(&format!("/jobs/{id}/retry")).status, 202);
+    server.wait_for_job(&id, secs(10), "the manual retry's attempts to end", |job| {
+        job["status"] == "failed" && job["retry_count"] == 1
+    });
+    let numbers: Vec<u64> = server
+        .get(&format!("/jobs/{id}/attempts"))
+        .json()
+        .as_array()
+        .expect("an array of attempts")
+        .iter()
+        .map(|attempt| attempt["attempt"].as_u64().expect("a number"))
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4]);
+    let logged = eventually(secs(5), "four `started` lines", || {
+        let log = server.stderr_text();
+        let started: Vec<String> = log
+            .lines()
+            .filter_map(|line| line.split_once(&format!("job {id} started ")))
+            .map(|(_, rest)| rest.to_string())
+            .collect();
+        (started.len() == 4).then_some(started)
+    });
+    assert_eq!(
+        logged,
+        ["(attempt 1)", "(attempt 2)", "(attempt 3)", "(attempt 4)"]
     );
 }
 

@@ -52,6 +52,7 @@ impl ApiResponse {
             | Error::Internal(_)
             | Error::Startup(_)
             | Error::ListenerFailed(_)
+            | Error::DatabaseUnusable(_)
             | Error::Config { .. } => {
                 log::error!("internal error: {error}");
                 if status == 503 {
@@ -163,7 +164,8 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         | Error::Internal(_)
         | Error::Config { .. }
         | Error::Startup(_)
-        | Error::ListenerFailed(_) => (500, "internal_error"),
+        | Error::ListenerFailed(_)
+        | Error::DatabaseUnusable(_) => (500, "internal_error"),
     }
 }
 

@@ -10,13 +10,13 @@ mod reply;
 mod row;
 mod schema;
 #[cfg(test)]
-mod test_dir;
+pub(crate) mod test_dir;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -143,13 +143,14 @@ pub struct Page {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (creating if needed) the database file and brings its schema up to date. A file
+    /// that cannot be a database is `DatabaseUnusable`, saying why.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let open = || {
-            Connection::open(path).map_err(|err| {
-                Error::Startup(format!("cannot open database {}: {err}", path.display()))
-            })
-        };
+        Store::open_connections(path, durability).map_err(|err| unusable_file(path, err))
+    }
+
+    fn open_connections(path: &Path, durability: Durability) -> Result<Store> {
+        let open = || Connection::open(path);
         let mut writer = open()?;
         configure(&writer, durability)?;
         schema::migrate(&mut writer)?;
@@ -572,6 +573,45 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
     Ok(())
 }
 
+/// `err` from opening `path`, as `DatabaseUnusable` when the file is what is wrong (as opposed
+/// to, say, a full disk), with the reason in words where SQLite's would puzzle.
+fn unusable_file(path: &Path, err: Error) -> Error {
+    let Error::Database(rusqlite::Error::SqliteFailure(failure, message)) = &err else {
+        return err;
+    };
+    let about_the_file = matches!(
+        failure.code,
+        ErrorCode::CannotOpen
+            | ErrorCode::NotADatabase
+            | ErrorCode::PermissionDenied
+            | ErrorCode::ReadOnly
+    );
+    if !about_the_file {
+        return err;
+    }
+    let parent = match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => Path::new("/"),
+    };
+    let reason = if path.is_dir() {
+        format!(
+            "it is a directory; name a file in it, e.g. {}",
+            path.join("mini_lambda.db").display()
+        )
+    } else if !parent.exists() {
+        format!("the directory {} does not exist", parent.display())
+    } else if !parent.is_dir() {
+        format!("{} is not a directory", parent.display())
+    } else {
+        message.clone().unwrap_or_else(|| failure.to_string())
+    };
+    Error::DatabaseUnusable(format!(
+        "cannot open the database file {}: {reason}",
+        path.display()
+    ))
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("no job with id {id}"))
 }
@@ -945,6 +985,44 @@ mod tests {
         assert_eq!(
             store.next_due_at().unwrap(),
             Some(Timestamp::from_micros(7))
+        );
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_a_database_says_why() {
+        let dir = test_dir::TestDir::new("store");
+        let reason = |path: &Path| match Store::open(path, Durability::Full) {
+            Err(Error::DatabaseUnusable(message)) => message,
+            Err(other) => panic!(
+                "{}: expected DatabaseUnusable, got {other:?}",
+                path.display()
+            ),
+            Ok(_) => panic!("{}: opened", path.display()),
+        };
+        let missing = dir.path().join("missing").join("jobs.db");
+        assert_eq!(
+            reason(&missing),
+            format!(
+                "cannot open the database file {}: the directory {} does not exist",
+                missing.display(),
+                dir.path().join("missing").display()
+            )
+        );
+        assert!(
+            reason(dir.path()).contains(": it is a directory; name a file in it"),
+            "{}",
+            reason(dir.path())
+        );
+        let text = dir.path().join("notes.txt");
+        std::fs::write(
+            &text,
+            "not a database, just text that is long enough to have a header",
+        )
+        .unwrap();
+        assert!(
+            reason(&text).ends_with(": file is not a database"),
+            "{}",
+            reason(&text)
         );
     }
 

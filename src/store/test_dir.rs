@@ -1,4 +1,4 @@
-//! A fresh directory for a test's database files, removed when the test ends.
+//! A fresh directory for a test's files (databases, scripts), removed when the test ends.
 
 use std::path::{Path, PathBuf};
 
