@@ -15,7 +15,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 14] = [
+pub const VARIABLES: [Variable; 15] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -86,6 +86,11 @@ pub const VARIABLES: [Variable; 14] = [
         default: "",
         meaning: "comma-separated variables passed on to functions",
     },
+    Variable {
+        name: "MAX_PENDING_JOBS",
+        default: "1000000",
+        meaning: "most jobs pending at once; a submit beyond is refused with 429 (0: no limit)",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -115,6 +120,7 @@ pub struct Config {
     pub function_kill_grace: Duration,
     /// Variables functions get besides their own, with the values they had at start.
     pub function_env: Vec<(String, String)>,
+    pub max_pending_jobs: u64,
 }
 
 impl Config {
@@ -176,6 +182,7 @@ impl Config {
                 600_000,
             )?),
             function_env: reader.function_env(&lookup_path)?,
+            max_pending_jobs: reader.integer("MAX_PENDING_JOBS", 0, u64::MAX)?,
         })
     }
 }
