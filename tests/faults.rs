@@ -1,15 +1,17 @@
 //! Faults the server must ride out without losing an acknowledged job: a disk that fills up
-//! under it, and comes back.
+//! under it and comes back, and attempts whose processes misbehave. (A panic inside an
+//! attempt has no trigger from outside; `worker.rs` tests it through the `Executor` seam.)
 
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{assert_error, eventually, unique_temp_dir, Response, TestServer};
+use support::{assert_error, eventually, secs, unique_temp_dir, Response, TestServer};
 
 /// A small tmpfs mounted for one test: a disk that really fills up. Unmounted when dropped.
 struct Tmpfs {
@@ -144,4 +146,77 @@ fn a_full_disk_refuses_submits_with_503_keeps_every_acknowledged_job_and_recover
 
     let stored: Vec<Value> = pending.into_iter().map(|job| job["id"].clone()).collect();
     assert!(acknowledged.iter().all(|id| stored.contains(&json!(id))));
+}
+
+/// The names of a process's threads as the kernel keeps them (cut to 15 bytes).
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// Processes a test started outside the server's reach, killed when the test ends.
+struct Escaped(Vec<i32>);
+
+impl Drop for Escaped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill has no memory preconditions; at worst the pid is already gone.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn an_attempts_threads_are_named_after_its_worker_and_end_with_it_even_if_its_pipes_stay_open() {
+    let root = unique_temp_dir();
+    let functions = root.join("functions");
+    fs::create_dir(&functions).unwrap();
+    let pidfile = root.join("escaped.pid");
+    // Leaves its process group with stdout and stderr held open for 30 s, then exits at once.
+    let script = functions.join("escape");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsetsid sh -c 'exec sleep 30' &\necho \"$!\" > '{}'\necho '{{}}'\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let server = TestServer::builder()
+        .env("FUNCTIONS_DIR", functions.to_str().unwrap())
+        .env("WORKER_COUNT", "1")
+        .start();
+    let id = server.submit(json!({"function": "escape", "payload": {}, "max_retries": 0}));
+    let escaped = eventually(secs(5), "the escaped process's pid", || {
+        fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let _escaped = Escaped(vec![escaped]);
+
+    eventually(secs(5), "the attempt's pipe threads, named", || {
+        let names = thread_names(server.pid());
+        let named = ["worker-1-stdout", "worker-1-stderr"]
+            .iter()
+            .all(|name| names.iter().any(|n| n == name));
+        named.then_some(())
+    });
+    let job = server.wait_for_job(&id, secs(10), "the attempt to end", |job| {
+        job["status"] != "pending" && job["status"] != "running"
+    });
+    assert_eq!(job["status"], "failed", "{job}");
+    // The escaped process still holds the pipes, but the attempt is over: so are its threads.
+    eventually(secs(2), "no thread of the attempt left", || {
+        let names = thread_names(server.pid());
+        let left: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("worker-1-"))
+            .collect();
+        left.is_empty().then_some(())
+    });
+    let _ = fs::remove_dir_all(&root);
 }
