@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use log::{debug, error, info, warn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::executor::{Details, Executor, Outcome};
 use crate::job::{AttemptDetails, AttemptEnd, Job};
 use crate::retry::RetryPolicy;
@@ -39,8 +39,9 @@ use crate::time::Timestamp;
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long to back off after the database failed, before trying again.
 const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
-/// How many times a worker tries to record an attempt's outcome before leaving the job to
-/// crash recovery at the next start.
+/// How many times a worker tries to record an attempt's outcome after an error of the write
+/// itself, before leaving the job to crash recovery at the next start. While the database
+/// cannot write at all (a full disk) it keeps trying: see `record_again`.
 const RECORD_ATTEMPTS: usize = 3;
 
 /// A worker's slot while it is not sleeping.
@@ -429,8 +430,11 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("no message")
 }
 
-/// Retries recording an outcome a few times, a second apart (sooner if the pool is aborted), so
-/// that a passing database error does not leave the job `running` until the next start.
+/// Retries recording an outcome a second apart, so that a database error does not leave the
+/// job `running` until the next start: a few times after an error of the write itself, and
+/// for as long as the database is unavailable (a full disk, say, where this worker could not
+/// claim another job anyway), so the outcome lands once the disk has room again. Stops at once
+/// when the pool is aborted.
 fn record_again(
     context: &WorkerContext,
     job: &Job,
@@ -440,9 +444,13 @@ fn record_again(
     let mut last = context
         .store
         .finish_attempt(job, end, details, Timestamp::now());
-    for _ in 1..RECORD_ATTEMPTS {
-        if last.is_ok() {
-            break;
+    let mut tries = 1;
+    loop {
+        match &last {
+            Ok(_) => break,
+            Err(Error::Unavailable(_)) => {}
+            Err(_) if tries >= RECORD_ATTEMPTS => break,
+            Err(_) => {}
         }
         select! {
             recv(context.abort) -> _ => break,
@@ -451,6 +459,17 @@ fn record_again(
         last = context
             .store
             .finish_attempt(job, end, details, Timestamp::now());
+        tries += 1;
+        match &last {
+            Ok(_) => info!(
+                "job {}: its outcome is recorded after {tries} tries",
+                job.id
+            ),
+            Err(err) => debug!(
+                "job {}: try {tries} to record its outcome failed: {err}",
+                job.id
+            ),
+        }
     }
     last
 }

@@ -41,9 +41,19 @@ use crate::error::{Error, Result};
 
 /// Runs a queued write against the batch's transaction (`None` if there is none to run in) and
 /// returns how to deliver the write's result once the commit's fate is known.
-type Work = Box<dyn FnOnce(Option<&mut Writer<'_>>) -> Deliver + Send>;
+type Work = Box<dyn FnOnce(Option<&mut Writer<'_>>) -> Ran + Send>;
 /// Sends the result, or the commit's failure (`Some(message)`), to the waiting caller.
 type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A write to run again in later batches until one commits it: its caller was told it was
+/// done before its batch failed to commit.
+type Redo = Box<dyn FnMut(&mut Writer<'_>) -> Result<()> + Send>;
+
+/// What running a queued write left behind.
+struct Ran {
+    deliver: Deliver,
+    /// For a write answered already: what stands in for it if the batch fails.
+    redo: Option<Redo>,
+}
 
 /// When a write's caller gets its result.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,6 +79,8 @@ struct WriteSide {
     connection: Connection,
     /// Pending jobs as of the last committed batch.
     pending: u64,
+    /// Writes answered before their batch failed, run first in the next batch.
+    redo: Vec<Redo>,
 }
 
 pub struct GroupCommit {
@@ -119,6 +131,7 @@ impl GroupCommit {
             side: Mutex::new(WriteSide {
                 connection,
                 pending,
+                redo: Vec::new(),
             }),
             queue: Mutex::new(Queue::default()),
             health: WriteHealth::default(),
@@ -141,26 +154,47 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<T> + Send + 'static,
     {
-        self.enqueue(write, Answer::AfterSync)
+        self.enqueue(write, Answer::AfterSync, None)
     }
 
     /// Like [`write`](Self::write), but answers as soon as the write has run in its batch,
     /// without waiting for the sync. For writes whose loss in a crash is already handled (a
     /// job's claim or outcome: crash recovery reruns the job). The write still commits with
     /// its batch; a caller that happens to lead the batch still waits for the sync.
+    ///
+    /// While the storage is failing (see [`WriteHealth::failing`]) it waits for the commit like
+    /// `write`, so that callers learn of the failure instead of acting on writes that are lost:
+    /// a worker must not run a job whose claim cannot be stored, again and again.
     pub fn write_unsynced<T, F>(&self, write: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<T> + Send + 'static,
     {
-        self.enqueue(write, Answer::BeforeSync)
+        self.enqueue(write, Answer::BeforeSync, None)
     }
 
-    fn enqueue<T, F>(&self, write: F, answer: Answer) -> Result<T>
+    /// Like [`write_unsynced`](Self::write_unsynced), for a write that must not be lost when
+    /// its batch fails to commit after it was answered (the first batch a full disk refuses):
+    /// then `redo` runs first in each later batch until one commits it. `redo` must do nothing
+    /// once the state it was meant for has moved on.
+    pub fn write_unsynced_redone<T, F, R>(&self, write: F, redo: R) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<T> + Send + 'static,
+        R: FnMut(&mut Writer<'_>) -> Result<()> + Send + 'static,
+    {
+        self.enqueue(write, Answer::BeforeSync, Some(Box::new(redo)))
+    }
+
+    fn enqueue<T, F>(&self, write: F, answer: Answer, redo: Option<Redo>) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<T> + Send + 'static,
     {
+        let answer = match answer {
+            Answer::BeforeSync if self.health.failing(Instant::now()) => Answer::AfterSync,
+            answer => answer,
+        };
         let (reply, outcome) = reply_slot::<T>();
         let lead_reply = reply.leader_call();
         let lead = Box::new(move || lead_reply.call());
@@ -182,16 +216,24 @@ impl GroupCommit {
                 )),
             };
             if answer == Answer::BeforeSync {
+                let done = result.is_ok();
                 reply.send(result);
-                return Box::new(|_| {});
+                return Ran {
+                    deliver: Box::new(|_| {}),
+                    redo: redo.filter(|_| done),
+                };
             }
-            Box::new(move |commit_failure| {
+            let deliver: Deliver = Box::new(move |commit_failure| {
                 let delivered = match commit_failure {
                     None => result,
                     Some(message) => Err(Error::Unavailable(message.to_string())),
                 };
                 reply.send(delivered);
-            })
+            });
+            Ran {
+                deliver,
+                redo: None,
+            }
         });
         let leading = {
             let mut queue = lock(&self.queue);
@@ -234,9 +276,10 @@ impl GroupCommit {
     }
 }
 
-/// Runs every write of `batch` in one transaction and commits it. Returns how to answer each
-/// caller, and the message every caller gets if the batch failed. On success the batch's
-/// changes to the pending count are kept; the storage's health is reported either way.
+/// Runs every write of `batch` in one transaction and commits it, after the writes waiting to
+/// be redone. Returns how to answer each caller, and the message every caller gets if the
+/// batch failed. On success the batch's changes to the pending count are kept; the storage's
+/// health is reported either way.
 fn run_batch(
     side: &mut WriteSide,
     batch: Vec<Waiting>,
@@ -254,7 +297,7 @@ fn run_batch(
             health.failed(&message, Instant::now());
             let deliveries = batch
                 .into_iter()
-                .map(|waiting| (waiting.work)(None))
+                .map(|waiting| (waiting.work)(None).deliver)
                 .collect();
             return (deliveries, Some(message));
         }
@@ -265,23 +308,50 @@ fn run_batch(
     // Some errors (disk full, I/O) make SQLite roll the whole transaction back by itself. The
     // writes after that must not run outside it, in autocommit.
     let mut rolled_back = false;
+    let new_writer = |pending| Writer {
+        connection,
+        pending_before: pending,
+        pending_change: 0,
+        storage_failure: None,
+    };
+    // Redos to keep if this batch fails, and redos to keep in any case.
+    let (mut redo_if_failed, mut redo_again) = (Vec::new(), Vec::new());
+    let redos = mem::take(&mut side.redo);
+    let redo_count = redos.len();
+    for mut redo in redos {
+        if rolled_back {
+            redo_again.push(redo);
+            continue;
+        }
+        let mut writer = new_writer(pending);
+        match redo(&mut writer) {
+            Ok(()) => {
+                pending = writer.pending_jobs();
+                redo_if_failed.push(redo);
+            }
+            Err(err) => match storage_failure(&err) {
+                Some(message) => {
+                    write_failure = write_failure.or(Some(message));
+                    redo_again.push(redo);
+                }
+                None => log::error!("dropped a write that could not be redone: {err}"),
+            },
+        }
+        rolled_back = connection.is_autocommit();
+    }
     let deliveries: Vec<Deliver> = batch
         .into_iter()
         .map(|waiting| {
             if rolled_back {
-                return (waiting.work)(None);
+                return (waiting.work)(None).deliver;
             }
-            let mut writer = Writer {
-                connection,
-                pending_before: pending,
-                pending_change: 0,
-                storage_failure: None,
-            };
-            let deliver = (waiting.work)(Some(&mut writer));
+            let mut writer = new_writer(pending);
+            let ran = (waiting.work)(Some(&mut writer));
             pending = writer.pending_jobs();
             write_failure = write_failure.take().or(writer.storage_failure);
             rolled_back = connection.is_autocommit();
-            deliver
+            redo_if_failed.extend(ran.redo);
+            ran.deliver
         })
         .collect();
     let started = Instant::now();
@@ -317,10 +387,23 @@ fn run_batch(
             }
         }
     }
-    // A write that failed alone still leaves the others committed, with their count changes.
-    if failure.is_none() {
+    if failure.is_some() {
+        redo_again.append(&mut redo_if_failed);
+        if !redo_again.is_empty() {
+            log::warn!(
+                "{} write(s) already answered wait to be redone once the database can write",
+                redo_again.len()
+            );
+        }
+    } else {
+        // A write that failed alone still leaves the others committed, with their count changes.
         side.pending = pending;
+        let redone = redo_count - redo_again.len();
+        if redone > 0 {
+            log::info!("{redone} write(s) answered before a failed commit are now committed");
+        }
     }
+    side.redo = redo_again;
     (deliveries, failure)
 }
 
@@ -576,6 +659,28 @@ mod tests {
         });
         assert!(undone.is_err());
         assert_eq!(commit.pending(), 2);
+    }
+
+    #[test]
+    fn a_write_answered_before_its_batch_failed_is_redone_in_the_next_batch() {
+        let commit = table();
+        // Answered at once, then its batch fails: the write itself ends the transaction.
+        let answered = commit.write_unsynced_redone(
+            |w| {
+                w.execute("INSERT INTO t (n) VALUES (7)", [])?;
+                Ok(w.execute_batch("ROLLBACK")?)
+            },
+            |w| {
+                w.execute("INSERT OR IGNORE INTO t (n) VALUES (7)", [])?;
+                Ok(())
+            },
+        );
+        assert!(answered.is_ok());
+        assert!(commit.health().failing(Instant::now()));
+        assert_eq!(count(&commit), 1);
+        // Redone once, not again.
+        assert_eq!(count(&commit), 1);
+        assert!(lock(&commit.side).redo.is_empty());
     }
 
     #[test]

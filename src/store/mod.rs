@@ -324,8 +324,11 @@ impl Store {
         let finish = Finish::new(job, end, details, now)?;
         // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
         // next start treats that attempt as interrupted. Readers see it only once committed.
-        self.writes
-            .write_unsynced(move |writer| in_savepoint(writer, |writer| finish.run(writer)))
+        let redo = finish.redo();
+        self.writes.write_unsynced_redone(
+            move |writer| in_savepoint(writer, |writer| finish.run(writer)),
+            redo,
+        )
     }
 
     /// Records how an attempt ended and claims the next due job in the same write, so a busy
@@ -340,6 +343,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<FinishAndClaim> {
         let finish = Finish::new(job, end, details, now)?;
+        let redo = finish.redo();
         let write = move |writer: &mut Writer<'_>| {
             in_savepoint(writer, |writer| {
                 let recorded = finish.run(writer)?;
@@ -363,7 +367,9 @@ impl Store {
         let (recorded, raw, next_due) = if schedules_retry {
             self.writes.write(write)?
         } else {
-            self.writes.write_unsynced(write)?
+            // Should the batch fail after this is answered, the outcome is redone; the claim
+            // is not (the job stays pending, and runs again).
+            self.writes.write_unsynced_redone(write, redo)?
         };
         Ok(FinishAndClaim {
             recorded,
@@ -521,6 +527,7 @@ fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
 }
 
 /// The end of an attempt, encoded for `FINISH_ATTEMPT`.
+#[derive(Clone)]
 struct Finish {
     /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
     seq: i64,
@@ -568,6 +575,14 @@ impl Finish {
             error,
             retry_at,
         })
+    }
+
+    /// The same outcome, to record again if the batch that first recorded it fails to commit
+    /// after its worker was answered. Harmless if the job has moved on: the statements only
+    /// touch the attempt while it is still running.
+    fn redo(&self) -> impl FnMut(&mut Writer<'_>) -> Result<()> + Send + 'static {
+        let finish = self.clone();
+        move |writer| in_savepoint(writer, |writer| finish.run(writer).map(|_| ()))
     }
 
     /// Returns whether the job was still running (and so was updated). The attempt's own row
@@ -881,6 +896,7 @@ mod tests {
             (FINISH_ATTEMPT_ROW, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
+            (PROBE_WRITE, "SEARCH write_probe USING INTEGER PRIMARY KEY (rowid=?)"),
         ];
         for (sql, expected) in cases {
             let plan = plan(&store, sql);

@@ -92,6 +92,16 @@ impl WriteHealth {
         Verdict::Probe
     }
 
+    /// Whether writes are failing now: a failure within the hold, or no commit since the last
+    /// failure. Cheap enough for every write to ask.
+    pub fn failing(&self, now: Instant) -> bool {
+        let state = lock(&self.state);
+        state.failure.as_ref().is_some_and(|(failed, _)| {
+            now.duration_since(*failed) < FAILURE_HOLD
+                || state.committed.is_none_or(|committed| committed < *failed)
+        })
+    }
+
     /// The probe asked for by `verdict` has ended; its batch has reported how it went.
     pub fn probe_done(&self) {
         lock(&self.state).probing = false;
