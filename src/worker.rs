@@ -146,9 +146,7 @@ impl WorkerPool {
             let handle = thread::Builder::new()
                 .name(format!("worker-{number}"))
                 .spawn(move || work(&context))
-                .map_err(|err| {
-                    crate::Error::Startup(format!("cannot start worker thread: {err}"))
-                })?;
+                .map_err(|err| Error::Startup(format!("cannot start worker thread: {err}")))?;
             handles.push(handle);
         }
         let pool = WorkerPool {

@@ -26,7 +26,10 @@
 //!
 //! When the storage fails (disk full, I/O error), every caller of the batch gets
 //! `Error::Unavailable` saying so, and the connection is left outside any transaction, ready
-//! for the next batch: it recovers by itself once the disk does.
+//! for the next batch: it recovers by itself once the disk does. Callers of `write_unsynced`
+//! have had their answer by then; from then on, while writes fail, they wait for the commit
+//! too, and a write they must not lose (a worker's outcome) is redone in later batches until
+//! one commits it.
 
 use std::mem;
 use std::ops::Deref;

@@ -8,6 +8,9 @@
 //! probe: one write of one row, committed like any other write (see `Store::writes_ok`). At
 //! most one probe runs at a time; callers arriving meanwhile get the last verdict, never a wait.
 //!
+//! Group commit also asks it, for every write answered before its commit, whether writes fail
+//! now ([`WriteHealth::failing`]); then such writes wait for their commit.
+//!
 //! A failure outweighs successes for [`FAILURE_HOLD`]: on a nearly full disk small writes (a
 //! probe, a claim) can still fit while a submit does not, and the verdict must not flip back
 //! to healthy on the next small one.
