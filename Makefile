@@ -1,4 +1,4 @@
-.PHONY: run test lint fmt ci bench bench-quick
+.PHONY: run test lint fmt ci chaos bench bench-quick
 
 run:
 	cargo run --release
@@ -15,6 +15,10 @@ fmt:
 
 ci:
 	bash .ci/run
+
+# The crash-loop test at length: 100 kill -9 cycles under concurrent submits (cargo test runs 10).
+chaos:
+	CHAOS_CYCLES=100 cargo test --test crash_loop -- --nocapture
 
 # The benchmark (examples/loadgen): ceiling, submit, end to end, latency, memory, scale.
 # Prints a table against the performance targets and writes target/bench/latest.json.

@@ -15,7 +15,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 19] = [
+pub const VARIABLES: [Variable; 20] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -112,6 +112,11 @@ pub const VARIABLES: [Variable; 19] = [
         default: "false",
         meaning: "true: allow a non-loopback SERVER_ADDR without a token",
     },
+    Variable {
+        name: "MAX_PENDING_JOBS",
+        default: "1000000",
+        meaning: "most jobs pending at once; a submit beyond is refused with 429 (0: no limit)",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -148,6 +153,8 @@ pub struct Config {
     pub max_connections: usize,
     /// The bearer token every route but `GET /health` requires, when set.
     pub api_token: Option<String>,
+    /// Submits beyond this many pending jobs are refused (0: no limit).
+    pub max_pending_jobs: u64,
 }
 
 impl Config {
@@ -209,6 +216,7 @@ impl Config {
                 600_000,
             )?),
             function_env: reader.function_env(&lookup_path)?,
+            max_pending_jobs: reader.integer("MAX_PENDING_JOBS", 0, u64::MAX)?,
             http_idle_timeout: Duration::from_secs(reader.integer(
                 "HTTP_IDLE_TIMEOUT_SECONDS",
                 1,

@@ -24,7 +24,8 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     /// The request declares a body type other than JSON.
     UnsupportedMediaType(String),
-    /// The server is shutting down, or the database is busy or unreachable.
+    /// The server is shutting down, or the database is busy, unreachable or cannot write (a
+    /// full disk, an I/O error).
     Unavailable(String),
     /// The request's framing is ambiguous or malformed (a bad or repeated `Content-Length`,
     /// `Content-Length` with `Transfer-Encoding`, an unknown transfer coding). The connection
@@ -40,6 +41,9 @@ pub enum Error {
     Unauthorized(String),
     /// Every connection slot (`MAX_CONNECTIONS`) is taken.
     TooManyConnections { limit: usize },
+    /// A submit found `limit` jobs pending already (`MAX_PENDING_JOBS`); nothing was stored.
+    /// The client should try again later, when workers have taken some.
+    QueueFull { limit: u64 },
     /// SQLite failed. The detail is logged, never sent to a client.
     Database(rusqlite::Error),
     /// A stored row could not be understood (for example an unknown status string).
@@ -99,6 +103,10 @@ impl fmt::Display for Error {
             Error::TooManyConnections { limit } => write!(
                 f,
                 "the server is serving its maximum of {limit} connections; retry shortly"
+            ),
+            Error::QueueFull { limit } => write!(
+                f,
+                "the queue is full: {limit} jobs are pending (MAX_PENDING_JOBS); try again later"
             ),
             Error::Database(err) => write!(f, "database error: {err}"),
             Error::Config { variable, message } => write!(f, "{variable}: {message}"),

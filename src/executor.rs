@@ -30,6 +30,29 @@ pub struct FunctionRunner {
 
 pub use crate::job::AttemptDetails as Details;
 
+/// What a worker needs to run an attempt; the seam through which tests give workers an
+/// executor of their own (one that panics, say).
+pub trait Executor: Send + Sync {
+    /// Runs one attempt of `job`, as [`run_attempt`] does.
+    fn run_attempt(
+        &self,
+        job: &Job,
+        abort: &Receiver<()>,
+        cancel: &Receiver<()>,
+    ) -> (Outcome, Details);
+}
+
+impl Executor for FunctionRunner {
+    fn run_attempt(
+        &self,
+        job: &Job,
+        abort: &Receiver<()>,
+        cancel: &Receiver<()>,
+    ) -> (Outcome, Details) {
+        run_attempt(job, self, abort, cancel)
+    }
+}
+
 /// How an attempt ended, as the watchdog saw it.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {

@@ -2,19 +2,30 @@
 //! becomes the result, the tail of stderr is kept. The child runs in a fresh working directory
 //! with a cleared environment, in its own process group, so that stopping it (timeout, cancel,
 //! shutdown) can signal every process it started: SIGTERM, a grace period, then SIGKILL.
+//!
+//! An attempt starts four threads, named after its worker (`worker-3-wait`, `-stdin`,
+//! `-stdout`, `-stderr`). The three pipe threads wait only in `poll` with a short timeout, so
+//! they end within [`TICK`] of the attempt's end even when a process that escaped the group
+//! keeps a pipe open, and the attempt joins them. The thread waiting for the child is joined
+//! once the child is reaped, which the group's SIGKILL bounds. However an attempt ends (a
+//! panic included), its process group is killed and its working directory removed.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -29,6 +40,8 @@ const STDERR_TAIL_BYTES: usize = 64 * 1024;
 const READERS_WAIT: Duration = Duration::from_secs(2);
 /// How much of a script's first line the kernel reads for its `#!` interpreter (Linux).
 const SHEBANG_LIMIT: usize = 256;
+/// The longest a pipe thread waits before it looks whether the attempt is over.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Runs function `path` for `job`; returns how the attempt ended and what it left behind.
 pub fn run(
@@ -40,14 +53,21 @@ pub fn run(
     cancel: &Receiver<()>,
 ) -> (Outcome, Details) {
     let workdir =
-        std::env::temp_dir().join(format!("mini-lambda-attempt-{}", uuid::Uuid::new_v4()));
-    if let Err(err) = fs::create_dir(&workdir) {
+        WorkDir(std::env::temp_dir().join(format!("mini-lambda-attempt-{}", uuid::Uuid::new_v4())));
+    if let Err(err) = fs::create_dir(&workdir.0) {
         let message = format!("could not create a working directory for function {name}: {err}");
         return (Outcome::Failed(message), Details::default());
     }
-    let ended = run_in(runner, job, name, path, &workdir, abort, cancel);
-    let _ = fs::remove_dir_all(&workdir);
-    ended
+    run_in(runner, job, name, path, &workdir.0, abort, cancel)
+}
+
+/// An attempt's working directory, removed when the attempt ends, however it ends.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Process groups of the functions running now, so that a forced exit can still kill them.
@@ -74,6 +94,129 @@ impl ProcessGroups {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running function's process group, registered in `ProcessGroups` for a forced exit.
+/// Dropping it SIGKILLs whatever is left in the group and forgets it, so that no way out of an
+/// attempt, a panic included, leaves the function running.
+struct Group<'a> {
+    id: Pid,
+    groups: &'a ProcessGroups,
+}
+
+impl<'a> Group<'a> {
+    fn register(groups: &'a ProcessGroups, child: &Child) -> Group<'a> {
+        let id = i32::try_from(child.id())
+            .map(Pid::from_raw)
+            .unwrap_or(Pid::from_raw(-1));
+        groups.add(id);
+        Group { id, groups }
+    }
+
+    fn signal(&self, signal: Signal) {
+        signal_group(self.id, signal);
+    }
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.groups.remove(self.id);
+    }
+}
+
+/// The pipe threads of one attempt. Setting `stop` makes each of them end within `TICK`;
+/// dropping this sets it and joins them.
+struct PipeThreads {
+    /// The worker's thread name, which the pipe threads' names start with.
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl PipeThreads {
+    fn new() -> PipeThreads {
+        PipeThreads {
+            prefix: thread::current().name().unwrap_or("attempt").to_string(),
+            stop: Arc::new(AtomicBool::new(false)),
+            handles: Vec::new(),
+        }
+    }
+
+    fn name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    fn spawn(
+        &mut self,
+        role: &str,
+        work: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> io::Result<()> {
+        let stop = Arc::clone(&self.stop);
+        let handle = thread::Builder::new()
+            .name(self.name(role))
+            .spawn(move || work(&stop))?;
+        self.handles.push(handle);
+        Ok(())
+    }
+}
+
+impl Drop for PipeThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.handles.drain(..) {
+            if handle.join().is_err() {
+                log::error!("a pipe thread of a function panicked");
+            }
+        }
+    }
+}
+
+/// The thread that waits for the child to exit, and how it reports.
+struct Waiter {
+    exited: Receiver<io::Result<ExitStatus>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Waiter {
+    fn start(mut child: Child, name: String) -> io::Result<Waiter> {
+        let (exit_sender, exited) = bounded(1);
+        // Waiting for the child is blocking, so it has a thread; the watchdog selects on it.
+        let handle = thread::Builder::new().name(name).spawn(move || {
+            let _ = exit_sender.send(child.wait());
+        })?;
+        Ok(Waiter {
+            exited,
+            handle: Some(handle),
+        })
+    }
+
+    /// Called once the exit status arrived: the thread has nothing left to do.
+    fn join(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                log::error!("the thread waiting for a function panicked");
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit; joins the thread if it did.
+    fn wait(&mut self, timeout: Duration) -> bool {
+        let exited = self.exited.recv_timeout(timeout).is_ok();
+        if exited {
+            self.join();
+        }
+        exited
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            // The group has been SIGKILLed: the thread ends as soon as the kernel reaps it.
+            log::warn!("a function's process was not reaped before its attempt ended; its wait thread ends when it is");
+        }
     }
 }
 
@@ -116,21 +259,22 @@ fn run_in(
             return (Outcome::Failed(message), Details::default());
         }
     };
-    let group = i32::try_from(child.id())
-        .map(Pid::from_raw)
-        .unwrap_or(Pid::from_raw(-1));
-    runner.groups.add(group);
-    let streams = Streams::start(&mut child, job, runner.max_output);
-    let (exit_sender, exited) = bounded(1);
-    // Waiting for the child is blocking, so it has a thread; the watchdog below selects on it.
-    thread::spawn(move || {
-        let _ = exit_sender.send(child.wait());
-    });
+    // Declared before the group: dropped after it, so the processes are gone by then.
+    let mut threads = PipeThreads::new();
+    let group = Group::register(&runner.groups, &child);
+    let started = Streams::start(&mut child, job, runner.max_output, &mut threads)
+        .and_then(|streams| Ok((streams, Waiter::start(child, threads.name("wait"))?)));
+    let (streams, mut waiter) = match started {
+        Ok(started) => started,
+        Err(err) => {
+            let message = format!("could not start a thread for function {name}: {err}");
+            return (Outcome::Failed(message), Details::default());
+        }
+    };
     let stop = select! {
-        recv(exited) -> status => {
-            let ended = finish(status.ok(), &streams, group, runner);
-            runner.groups.remove(group);
-            return ended;
+        recv(waiter.exited) -> status => {
+            waiter.join();
+            return finish(status.ok(), &streams, &group, runner);
         },
         recv(streams.too_large) -> _ => Stop::TooLarge,
         recv(abort) -> _ => Stop::Outcome(Outcome::Interrupted),
@@ -139,16 +283,15 @@ fn run_in(
     };
     // The leader is not reaped until it exits, so its group id cannot be reused meanwhile.
     if matches!(stop, Stop::TooLarge) {
-        signal_group(group, Signal::SIGKILL);
+        group.signal(Signal::SIGKILL);
     } else {
-        signal_group(group, Signal::SIGTERM);
+        group.signal(Signal::SIGTERM);
     }
-    if exited.recv_timeout(runner.kill_grace).is_err() {
-        signal_group(group, Signal::SIGKILL);
-        let _ = exited.recv_timeout(READERS_WAIT);
+    if !waiter.wait(runner.kill_grace) {
+        group.signal(Signal::SIGKILL);
+        waiter.wait(READERS_WAIT);
     }
-    signal_group(group, Signal::SIGKILL);
-    runner.groups.remove(group);
+    drop(group);
     let (_, stderr_tail, _) = streams.collect();
     let outcome = match stop {
         Stop::Outcome(outcome) => outcome,
@@ -239,11 +382,11 @@ fn too_large_message(runner: &FunctionRunner) -> String {
 fn finish(
     status: Option<std::io::Result<ExitStatus>>,
     streams: &Streams,
-    group: Pid,
+    group: &Group<'_>,
     runner: &FunctionRunner,
 ) -> (Outcome, Details) {
     // Whatever the function left running in its group goes with it.
-    signal_group(group, Signal::SIGKILL);
+    group.signal(Signal::SIGKILL);
     let (stdout, stderr_tail, complete) = streams.collect();
     let status = match status {
         Some(Ok(status)) => status,
@@ -314,42 +457,53 @@ struct Streams {
 }
 
 impl Streams {
-    fn start(child: &mut Child, job: &Job, max_output: usize) -> Streams {
-        if let Some(mut stdin) = child.stdin.take() {
+    fn start(
+        child: &mut Child,
+        job: &Job,
+        max_output: usize,
+        threads: &mut PipeThreads,
+    ) -> io::Result<Streams> {
+        if let Some(stdin) = child.stdin.take() {
             let payload = serde_json::to_vec(&job.payload).unwrap_or_default();
             // A function that never reads its stdin must not block the attempt.
-            thread::spawn(move || {
-                let _ = stdin.write_all(&payload);
-            });
+            threads.spawn("stdin", move |stop| feed(stdin, &payload, stop))?;
         }
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let (alive, readers_done) = bounded::<()>(0);
         let (over_limit, too_large) = bounded(1);
-        if let Some(mut pipe) = child.stdout.take() {
+        if let Some(pipe) = child.stdout.take() {
             let (buffer, alive, over_limit) =
                 (Arc::clone(&stdout), alive.clone(), over_limit.clone());
-            thread::spawn(move || {
-                if !read_capped(&mut pipe, max_output, &buffer) {
+            threads.spawn("stdout", move |stop| {
+                let mut within_limit = true;
+                drain_pipe(pipe, stop, |chunk| {
+                    within_limit = keep_capped(chunk, max_output, &buffer);
+                    within_limit
+                });
+                if !within_limit {
                     let _ = over_limit.try_send(());
                 }
                 drop(alive);
-            });
+            })?;
         }
-        if let Some(mut pipe) = child.stderr.take() {
+        if let Some(pipe) = child.stderr.take() {
             let buffer = Arc::clone(&stderr);
-            thread::spawn(move || {
-                read_tail(&mut pipe, STDERR_TAIL_BYTES, &buffer);
+            threads.spawn("stderr", move |stop| {
+                drain_pipe(pipe, stop, |chunk| {
+                    keep_tail(chunk, STDERR_TAIL_BYTES, &buffer);
+                    true
+                });
                 drop(alive);
-            });
+            })?;
         }
-        Streams {
+        Ok(Streams {
             stdout,
             stderr,
             readers_done,
             too_large,
             _over_limit: over_limit,
-        }
+        })
     }
 
     /// stdout, the stderr tail as text, and whether both pipes reached their end in time.
@@ -374,42 +528,96 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads into `kept` until the end; returns `false` (and stops reading) once more than
-/// `limit` bytes arrived, so the watchdog can stop the function.
-fn read_capped(pipe: &mut impl Read, limit: usize, kept: &Mutex<Vec<u8>>) -> bool {
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        match pipe.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(read) => {
-                let mut kept = lock(kept);
-                if kept.len() + read > limit {
-                    return false;
-                }
-                kept.extend_from_slice(&buffer[..read]);
-            }
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return true,
-        }
+/// Whether a descriptor became ready (or hung up) within one `TICK`.
+enum Readiness {
+    Ready,
+    NotYet,
+    Broken,
+}
+
+fn wait_ready(fd: &impl AsFd, events: PollFlags) -> Readiness {
+    let mut fds = [PollFd::new(fd.as_fd(), events)];
+    let tick = u16::try_from(TICK.as_millis()).unwrap_or(u16::MAX);
+    match poll(&mut fds, tick) {
+        Ok(0) | Err(nix::errno::Errno::EINTR) => Readiness::NotYet,
+        Ok(_) => Readiness::Ready,
+        Err(_) => Readiness::Broken,
     }
 }
 
-/// Reads to the end, keeping the last `keep` bytes in `tail`.
-fn read_tail(pipe: &mut impl Read, keep: usize, tail: &Mutex<VecDeque<u8>>) {
+/// Reads `pipe` to its end, handing each chunk to `keep` until it returns `false`. Gives up
+/// once `stop` is set: it only ever blocks in a `poll` of one `TICK`.
+fn drain_pipe(mut pipe: impl Read + AsFd, stop: &AtomicBool, mut keep: impl FnMut(&[u8]) -> bool) {
     let mut buffer = [0u8; 16 * 1024];
-    loop {
+    while !stop.load(Ordering::Relaxed) {
+        match wait_ready(&pipe, PollFlags::POLLIN) {
+            Readiness::NotYet => continue,
+            Readiness::Broken => return,
+            // Readable or hung up: the read returns data or the end without blocking.
+            Readiness::Ready => {}
+        }
         match pipe.read(&mut buffer) {
             Ok(0) => return,
             Ok(read) => {
-                let mut tail = lock(tail);
-                tail.extend(&buffer[..read]);
-                let excess = tail.len().saturating_sub(keep);
-                tail.drain(..excess);
+                if !keep(&buffer[..read]) {
+                    return;
+                }
             }
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(_) => return,
         }
     }
+}
+
+/// Writes the payload to the function's stdin and closes it. Non-blocking, so that a function
+/// that never reads (while something outside its group holds the pipe) cannot hold this thread
+/// past the attempt.
+fn feed(mut stdin: ChildStdin, payload: &[u8], stop: &AtomicBool) {
+    let flags = fcntl(stdin.as_raw_fd(), FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
+    let nonblocking = flags.and_then(|flags| {
+        fcntl(
+            stdin.as_raw_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )
+    });
+    if nonblocking.is_err() {
+        // Blocking then; the child's exit (or SIGKILL) still ends the write with EPIPE.
+        let _ = stdin.write_all(payload);
+        return;
+    }
+    let mut rest = payload;
+    while !rest.is_empty() && !stop.load(Ordering::Relaxed) {
+        match stdin.write(rest) {
+            Ok(written) => rest = &rest[written..],
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                if let Readiness::Broken = wait_ready(&stdin, PollFlags::POLLOUT) {
+                    return;
+                }
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            // EPIPE: the function exited or closed its stdin without reading it all.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Appends `chunk` to `kept`; returns `false` (keeping nothing of it) once `limit` bytes would
+/// be passed, so the watchdog can stop the function.
+fn keep_capped(chunk: &[u8], limit: usize, kept: &Mutex<Vec<u8>>) -> bool {
+    let mut kept = lock(kept);
+    if kept.len() + chunk.len() > limit {
+        return false;
+    }
+    kept.extend_from_slice(chunk);
+    true
+}
+
+/// Appends `chunk` to `tail`, keeping only its last `keep` bytes.
+fn keep_tail(chunk: &[u8], keep: usize, tail: &Mutex<VecDeque<u8>>) {
+    let mut tail = lock(tail);
+    tail.extend(chunk);
+    let excess = tail.len().saturating_sub(keep);
+    tail.drain(..excess);
 }
 
 #[cfg(test)]
@@ -476,17 +684,41 @@ mod tests {
 
     #[test]
     fn the_stderr_tail_keeps_the_end() {
-        let text = b"0123456789".repeat(10);
         let tail = Mutex::new(VecDeque::new());
-        read_tail(&mut &text[..], 5, &tail);
+        for _ in 0..10 {
+            keep_tail(b"0123456789", 5, &tail);
+        }
         assert_eq!(tail.into_inner().unwrap(), b"56789".to_vec());
     }
 
     #[test]
     fn stdout_over_the_limit_stops_reading() {
         let kept = Mutex::new(Vec::new());
-        assert!(read_capped(&mut &b"12345"[..], 5, &kept));
-        let kept = Mutex::new(Vec::new());
-        assert!(!read_capped(&mut &b"123456"[..], 5, &kept));
+        assert!(keep_capped(b"123", 5, &kept));
+        assert!(keep_capped(b"45", 5, &kept));
+        assert!(!keep_capped(b"6", 5, &kept));
+        assert_eq!(kept.into_inner().unwrap(), b"12345".to_vec());
+    }
+
+    #[test]
+    fn a_pipe_thread_ends_soon_after_stop_even_if_the_pipe_stays_open() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (read, first_chunk) = bounded(1);
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            drain_pipe(reader, &stopped, |_| {
+                let _ = read.try_send(());
+                true
+            })
+        });
+        // Once it has read something it is back to waiting on a pipe that stays open.
+        writer.write_all(b"x").unwrap();
+        first_chunk.recv().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        thread.join().unwrap();
+        assert!(started.elapsed() < TICK * 5, "{:?}", started.elapsed());
+        drop(writer);
     }
 }

@@ -39,7 +39,11 @@ pub fn run(
     signals: Receiver<()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<Exit> {
-    let store = Arc::new(Store::open(&config.database_path, config.durability)?);
+    let store = Arc::new(Store::open(
+        &config.database_path,
+        config.durability,
+        config.max_pending_jobs,
+    )?);
     let retry = RetryPolicy {
         base: config.retry_backoff,
         cap: config.retry_backoff_max,

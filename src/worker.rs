@@ -12,7 +12,12 @@
 //!
 //! Stopping uses dropped senders as signals: dropping the drain sender makes idle workers exit
 //! once nothing is due; dropping the abort sender makes busy workers give up their attempts.
+//!
+//! A panic while running an attempt fails that attempt (the retry rule applies as to any
+//! failure) and the worker goes on, so the pool keeps its size.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -21,9 +26,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use log::{debug, error, info, warn};
 
-use crate::error::Result;
-use crate::executor::FunctionRunner;
-use crate::executor::{self, Outcome};
+use crate::error::{Error, Result};
+use crate::executor::{Details, Executor, Outcome};
 use crate::job::{AttemptDetails, AttemptEnd, Job};
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
@@ -35,8 +39,9 @@ use crate::time::Timestamp;
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long to back off after the database failed, before trying again.
 const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
-/// How many times a worker tries to record an attempt's outcome before leaving the job to
-/// crash recovery at the next start.
+/// How many times a worker tries to record an attempt's outcome after an error of the write
+/// itself, before leaving the job to crash recovery at the next start. While the database
+/// cannot write at all (a full disk) it keeps trying: see `record_again`.
 const RECORD_ATTEMPTS: usize = 3;
 
 /// A worker's slot while it is not sleeping.
@@ -96,8 +101,8 @@ struct WorkerContext {
     waker: Waker,
     /// Where this worker registers each attempt so that it can be cancelled.
     running: Arc<RunningAttempts>,
-    /// How to run a job that names a function.
-    runner: Arc<FunctionRunner>,
+    /// Runs the attempts.
+    executor: Arc<dyn Executor>,
     /// This worker's slot in `waker.sleepers`.
     slot: usize,
     drain: Receiver<()>,
@@ -113,7 +118,7 @@ impl WorkerPool {
         store: Arc<Store>,
         retry: RetryPolicy,
         running: Arc<RunningAttempts>,
-        runner: Arc<FunctionRunner>,
+        executor: Arc<dyn Executor>,
     ) -> Result<(WorkerPool, Waker)> {
         let (wake_sender, wake) = bounded(count);
         let sleepers = Sleepers((0..count).map(|_| AtomicI64::new(AWAKE)).collect());
@@ -132,7 +137,7 @@ impl WorkerPool {
                 wake: wake.clone(),
                 waker: waker.clone(),
                 running: Arc::clone(&running),
-                runner: Arc::clone(&runner),
+                executor: Arc::clone(&executor),
                 slot: number - 1,
                 drain: drain.clone(),
                 abort: abort.clone(),
@@ -141,9 +146,7 @@ impl WorkerPool {
             let handle = thread::Builder::new()
                 .name(format!("worker-{number}"))
                 .spawn(move || work(&context))
-                .map_err(|err| {
-                    crate::Error::Startup(format!("cannot start worker thread: {err}"))
-                })?;
+                .map_err(|err| Error::Startup(format!("cannot start worker thread: {err}")))?;
             handles.push(handle);
         }
         let pool = WorkerPool {
@@ -342,7 +345,7 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     info!("job {} started (attempt {})", job.id, job.attempt_number());
     let started = Instant::now();
     let cancel = context.running.start(&job);
-    let (outcome, details) = executor::run_attempt(&job, &context.runner, &context.abort, &cancel);
+    let (outcome, details) = run_caught(context.executor.as_ref(), &job, &context.abort, &cancel);
     let cancel_requested = matches!(cancel.try_recv(), Err(TryRecvError::Disconnected));
     let end = attempt_end(&context.retry, &job, outcome, cancel_requested);
     let elapsed = started.elapsed();
@@ -393,8 +396,43 @@ fn run_and_record(context: &WorkerContext, job: Job) -> AfterAttempt {
     after
 }
 
-/// Retries recording an outcome a few times, a second apart (sooner if the pool is aborted), so
-/// that a passing database error does not leave the job `running` until the next start.
+/// Runs the attempt; a panic in it becomes the attempt's failure instead of ending the worker.
+/// The panic hook has already printed the message and where it happened. Unwind safety: what
+/// the attempt touches is the job (read only), its channels, and the process registry, whose
+/// lock survives poisoning; a function's processes are killed as the panic unwinds.
+fn run_caught(
+    executor: &dyn Executor,
+    job: &Job,
+    abort: &Receiver<()>,
+    cancel: &Receiver<()>,
+) -> (Outcome, Details) {
+    catch_unwind(AssertUnwindSafe(|| {
+        executor.run_attempt(job, abort, cancel)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = format!(
+            "the attempt panicked (a bug in the server): {}",
+            panic_message(panic.as_ref())
+        );
+        error!("job {}: {message}", job.id);
+        (Outcome::Failed(message), Details::default())
+    })
+}
+
+/// The text a panic was raised with, if it was text.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+/// Retries recording an outcome a second apart, so that a database error does not leave the
+/// job `running` until the next start: a few times after an error of the write itself, and
+/// for as long as the database is unavailable (a full disk, say, where this worker could not
+/// claim another job anyway), so the outcome lands once the disk has room again. Stops at once
+/// when the pool is aborted.
 fn record_again(
     context: &WorkerContext,
     job: &Job,
@@ -404,9 +442,13 @@ fn record_again(
     let mut last = context
         .store
         .finish_attempt(job, end, details, Timestamp::now());
-    for _ in 1..RECORD_ATTEMPTS {
-        if last.is_ok() {
-            break;
+    let mut tries = 1;
+    loop {
+        match &last {
+            Ok(_) => break,
+            Err(Error::Unavailable(_)) => {}
+            Err(_) if tries >= RECORD_ATTEMPTS => break,
+            Err(_) => {}
         }
         select! {
             recv(context.abort) -> _ => break,
@@ -415,6 +457,17 @@ fn record_again(
         last = context
             .store
             .finish_attempt(job, end, details, Timestamp::now());
+        tries += 1;
+        match &last {
+            Ok(_) => info!(
+                "job {}: its outcome is recorded after {tries} tries",
+                job.id
+            ),
+            Err(err) => debug!(
+                "job {}: try {tries} to record its outcome failed: {err}",
+                job.id
+            ),
+        }
     }
     last
 }
@@ -514,6 +567,82 @@ mod tests {
                 assert_eq!(reason, "cancelled by request; the attempt had failed: boom")
             }
             other => panic!("expected a cancel, got {other:?}"),
+        }
+    }
+
+    /// Panics in every job's first attempt; later attempts succeed.
+    struct PanicsOnFirstAttempts;
+
+    impl Executor for PanicsOnFirstAttempts {
+        fn run_attempt(
+            &self,
+            job: &Job,
+            _abort: &Receiver<()>,
+            _cancel: &Receiver<()>,
+        ) -> (Outcome, Details) {
+            if job.attempt == Some(1) {
+                panic!("injected panic in {}", job.id);
+            }
+            (
+                Outcome::Succeeded(json!("second time lucky")),
+                Details::default(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_panicking_attempt_fails_is_retried_and_the_worker_lives_on() {
+        let dir = crate::store::test_dir::TestDir::new("worker-panic");
+        let path = dir.path().join("jobs.db");
+        let store = Arc::new(Store::open(&path, crate::config::Durability::Full, 0).unwrap());
+        let now = Timestamp::now();
+        for (id, max_retries) in [("retried", 1), ("out-of-retries", 0)] {
+            let job = crate::job::NewJob {
+                payload: json!({}),
+                timeout_seconds: 5,
+                max_retries,
+                priority: 0,
+                run_at: None,
+                function: None,
+            };
+            store.insert(id.into(), &job, now).unwrap();
+        }
+        // One worker: if a panic ended it, the jobs after the first panic would never end.
+        let (mut pool, waker) = WorkerPool::start(
+            1,
+            Arc::clone(&store),
+            RETRY,
+            Arc::new(RunningAttempts::default()),
+            Arc::new(PanicsOnFirstAttempts),
+        )
+        .unwrap();
+        waker.job_queued(now);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = |id: &str| store.get(id).unwrap().unwrap().status;
+        while status("retried") != crate::job::JobStatus::Success
+            || status("out-of-retries") != crate::job::JobStatus::Failed
+        {
+            assert!(Instant::now() < deadline, "the jobs did not end");
+            // Polling the store with a deadline; nothing else tells this test.
+            thread::sleep(Duration::from_millis(10));
+        }
+        let attempts = store.attempts("retried").unwrap().unwrap();
+        let summary: Vec<&str> = attempts.iter().map(|a| a.status.as_str()).collect();
+        assert_eq!(summary, ["failed", "success"]);
+        let message = attempts[0].error_message.as_deref().unwrap_or_default();
+        assert_eq!(
+            message,
+            "the attempt panicked (a bug in the server): injected panic in retried"
+        );
+        let failed = store.get("out-of-retries").unwrap().unwrap();
+        assert!(failed
+            .error_message
+            .unwrap_or_default()
+            .contains("panicked"));
+        pool.begin_drain();
+        drop(waker);
+        for handle in pool.handles {
+            assert!(handle.join().is_ok(), "a worker thread panicked");
         }
     }
 

@@ -6,6 +6,10 @@ use serde_json::json;
 
 use crate::error::Error;
 
+/// What `Retry-After` tells a client whose submit found the queue full: long enough for
+/// workers to take some jobs, short enough that a client does not wait for nothing.
+pub const QUEUE_FULL_RETRY_AFTER_SECONDS: u32 = 5;
+
 /// A response before it meets the socket: handlers build these, never tiny_http types.
 #[derive(Debug)]
 pub struct ApiResponse {
@@ -73,6 +77,9 @@ impl ApiResponse {
             }
             Error::Unauthorized(_) => response.with_header("WWW-Authenticate", "Bearer".into()),
             Error::TooManyConnections { .. } => response.with_header("Retry-After", "1".into()),
+            Error::QueueFull { .. } => {
+                response.with_header("Retry-After", QUEUE_FULL_RETRY_AFTER_SECONDS.to_string())
+            }
             _ => response,
         }
     }
@@ -150,6 +157,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::MethodNotAllowed { .. } => (405, "method_not_allowed"),
         Error::InvalidState(_) => (409, "invalid_state"),
         Error::PayloadTooLarge { .. } => (413, "payload_too_large"),
+        Error::QueueFull { .. } => (429, "queue_full"),
         Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
         Error::Unavailable(_) => (503, "unavailable"),
         Error::BadRequest(_) => (400, "bad_request"),
@@ -208,6 +216,15 @@ mod tests {
             (status, body["error"]["code"].as_str()),
             (503, Some("unavailable"))
         );
+    }
+
+    #[test]
+    fn a_full_queue_is_429_with_retry_after() {
+        let response = ApiResponse::from_error(&Error::QueueFull { limit: 3 });
+        assert_eq!(response.status, 429);
+        assert_eq!(response.headers, vec![("Retry-After", "5".to_string())]);
+        let (_, body) = envelope(Error::QueueFull { limit: 3 });
+        assert_eq!(body["error"]["code"], "queue_full");
     }
 
     #[test]

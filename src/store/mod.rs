@@ -4,6 +4,9 @@
 //! Two connections to one WAL database: every write goes through the mutex-guarded write
 //! connection in group-committed batches (`group_commit`), and reads use their own
 //! mutex-guarded connection, so a `GET` never waits for a disk sync.
+//!
+//! The store also keeps the number of pending jobs (for `MAX_PENDING_JOBS`, without a count
+//! per submit) and knows whether writes reach the disk (`write_health`, for `GET /health`).
 
 mod group_commit;
 mod reply;
@@ -11,10 +14,11 @@ mod row;
 mod schema;
 #[cfg(test)]
 pub(crate) mod test_dir;
+mod write_health;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
@@ -22,8 +26,9 @@ use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
-use group_commit::{in_savepoint, GroupCommit};
+use group_commit::{in_savepoint, GroupCommit, Writer};
 use row::{RawAttempt, RawJob};
+use write_health::Verdict;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,6 +100,10 @@ const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at =
 const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
         error_message, exit_code, stderr_tail
      FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
+/// Read once at open; from then on the count is kept in memory by the writes.
+const COUNT_PENDING: &str = "SELECT count(*) FROM jobs WHERE status = 'pending'";
+/// The write `GET /health` makes when nothing else has written lately: one row, one page.
+const PROBE_WRITE: &str = "UPDATE write_probe SET probed_at = ?1 WHERE id = 1";
 const INSERT_JOB: &str = "INSERT INTO jobs
         (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function)
      VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -116,6 +125,8 @@ pub struct Store {
     writes: GroupCommit,
     /// The read connection; the lock makes its statements one at a time.
     reader: Mutex<Connection>,
+    /// The most jobs that may be pending when a new one is submitted; 0 means no limit.
+    max_pending_jobs: u64,
 }
 
 /// What `cancel` found.
@@ -144,12 +155,18 @@ pub struct Page {
 
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date. A file
-    /// that cannot be a database is `DatabaseUnusable`, saying why.
-    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        Store::open_connections(path, durability).map_err(|err| unusable_file(path, err))
+    /// that cannot be a database is `DatabaseUnusable`, saying why. A submit that would make
+    /// more than `max_pending_jobs` jobs pending is refused (0: no limit).
+    pub fn open(path: &Path, durability: Durability, max_pending_jobs: u64) -> Result<Store> {
+        Store::open_connections(path, durability, max_pending_jobs)
+            .map_err(|err| unusable_file(path, err))
     }
 
-    fn open_connections(path: &Path, durability: Durability) -> Result<Store> {
+    fn open_connections(
+        path: &Path,
+        durability: Durability,
+        max_pending_jobs: u64,
+    ) -> Result<Store> {
         let open = || Connection::open(path);
         let mut writer = open()?;
         configure(&writer, durability)?;
@@ -157,9 +174,11 @@ impl Store {
         let reader = open()?;
         configure(&reader, durability)?;
         reader.pragma_update(None, "query_only", true)?;
+        let pending: u64 = writer.query_row(COUNT_PENDING, [], |row| row.get(0))?;
         Ok(Store {
-            writes: GroupCommit::new(writer),
+            writes: GroupCommit::new(writer, pending),
             reader: Mutex::new(reader),
+            max_pending_jobs,
         })
     }
 
@@ -179,7 +198,31 @@ impl Store {
         Ok(())
     }
 
+    /// Whether writes reach the disk: `Err(Unavailable)` while they fail (disk full, I/O
+    /// errors). Answered from what recent writes reported; when there were none for a second,
+    /// one probe write finds out, joining the next group commit like any write (a one-row
+    /// update: the write lock is held no longer than for a submit). Callers that arrive while a
+    /// probe runs get the last verdict without waiting.
+    pub fn writes_ok(&self) -> Result<()> {
+        let health = self.writes.health();
+        match health.verdict(Instant::now()) {
+            Verdict::Healthy => Ok(()),
+            Verdict::Failing(message) => Err(Error::Unavailable(message)),
+            Verdict::Probe => {
+                let now = Timestamp::now().as_micros();
+                let probed = self.writes.write(move |writer| {
+                    writer.prepare_cached(PROBE_WRITE)?.execute([now])?;
+                    Ok(())
+                });
+                health.probe_done();
+                probed
+            }
+        }
+    }
+
     /// Stores a new pending job. Returns after the commit, i.e. once the job is durable.
+    /// Refused with `QueueFull` if `MAX_PENDING_JOBS` jobs are pending already, checked in
+    /// the write itself, so that concurrent submits cannot pass the limit together.
     pub fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
         let payload = serde_json::to_string(&job.payload)
             .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
@@ -187,8 +230,12 @@ impl Store {
         let (priority, max_retries, timeout_seconds) =
             (job.priority, job.max_retries, job.timeout_seconds);
         let function = job.function.clone();
-        self.writes.write(move |connection| {
-            connection.prepare_cached(INSERT_JOB)?.execute(params![
+        let limit = self.max_pending_jobs;
+        self.writes.write(move |writer| {
+            if limit > 0 && writer.pending_jobs() >= limit {
+                return Err(Error::QueueFull { limit });
+            }
+            writer.prepare_cached(INSERT_JOB)?.execute(params![
                 id,
                 payload,
                 priority,
@@ -198,6 +245,7 @@ impl Store {
                 timeout_seconds,
                 function
             ])?;
+            writer.pending_changed(1);
             Ok(())
         })
     }
@@ -261,7 +309,7 @@ impl Store {
         // Unsynced: a claim lost in a crash leaves the job pending, and it simply runs later.
         let raw = self
             .writes
-            .write_unsynced(move |connection| claim_in(connection, now))?;
+            .write_unsynced(move |writer| in_savepoint(writer, |writer| claim_in(writer, now)))?;
         raw.map(RawJob::into_job).transpose()
     }
 
@@ -282,8 +330,11 @@ impl Store {
         let finish = Finish::new(job, end, details, now)?;
         // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
         // next start treats that attempt as interrupted. Readers see it only once committed.
-        self.writes
-            .write_unsynced(move |connection| finish.run(connection))
+        let redo = finish.redo();
+        self.writes.write_unsynced_redone(
+            move |writer| in_savepoint(writer, |writer| finish.run(writer)),
+            redo,
+        )
     }
 
     /// Records how an attempt ended and claims the next due job in the same write, so a busy
@@ -298,13 +349,14 @@ impl Store {
         now: Timestamp,
     ) -> Result<FinishAndClaim> {
         let finish = Finish::new(job, end, details, now)?;
-        let write = move |connection: &Connection| {
-            in_savepoint(connection, |connection| {
-                let recorded = finish.run(connection)?;
-                let claimed = claim_in(connection, now)?;
+        let redo = finish.redo();
+        let write = move |writer: &mut Writer<'_>| {
+            in_savepoint(writer, |writer| {
+                let recorded = finish.run(writer)?;
+                let claimed = claim_in(writer, now)?;
                 let next_due = match claimed {
                     Some(_) => None,
-                    None => next_due_in(connection)?,
+                    None => next_due_in(writer)?,
                 };
                 Ok((recorded, claimed, next_due))
             })
@@ -321,7 +373,9 @@ impl Store {
         let (recorded, raw, next_due) = if schedules_retry {
             self.writes.write(write)?
         } else {
-            self.writes.write_unsynced(write)?
+            // Should the batch fail after this is answered, the outcome is redone; the claim
+            // is not (the job stays pending, and runs again).
+            self.writes.write_unsynced_redone(write, redo)?
         };
         Ok(FinishAndClaim {
             recorded,
@@ -333,8 +387,8 @@ impl Store {
     /// Manual retry: a `failed` or `timeout` job starts over with its full retry budget.
     pub fn retry(&self, id: &str, now: Timestamp) -> Result<Job> {
         let id = id.to_string();
-        let raw = self.writes.write(move |connection| {
-            let status: Option<String> = connection
+        let raw = self.writes.write(move |writer| {
+            let status: Option<String> = writer
                 .prepare_cached(STATUS_OF_ID)?
                 .query_row([&id], |row| row.get(0))
                 .optional()?;
@@ -344,9 +398,11 @@ impl Store {
                     "job {id} is {status}; only failed, timeout or cancelled jobs can be retried"
                 )));
             }
-            Ok(connection
+            let raw = writer
                 .prepare_cached(RESTART_JOB)?
-                .query_row(params![id, now.as_micros()], RawJob::from_row)?)
+                .query_row(params![id, now.as_micros()], RawJob::from_row)?;
+            writer.pending_changed(1);
+            Ok(raw)
         })?;
         raw.into_job()
     }
@@ -356,19 +412,20 @@ impl Store {
     /// has ended is an `InvalidState`.
     pub fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel> {
         let id = id.to_string();
-        let (cancelled, raw) = self.writes.write(move |connection| {
-            let raw = connection
+        let (cancelled, raw) = self.writes.write(move |writer| {
+            let raw = writer
                 .prepare_cached(SELECT_BY_ID)?
                 .query_row([&id], RawJob::from_row)
                 .optional()?
                 .ok_or_else(|| not_found(&id))?;
-            let changed = connection
+            let changed = writer
                 .prepare_cached(CANCEL_PENDING)?
                 .execute(params![id, now.as_micros()])?;
             if changed == 0 {
                 return Ok((false, raw));
             }
-            let raw = connection
+            writer.pending_changed(-1);
+            let raw = writer
                 .prepare_cached(SELECT_BY_ID)?
                 .query_row([&id], RawJob::from_row)?;
             Ok((true, raw))
@@ -388,14 +445,17 @@ impl Store {
     /// there was no such job (so a caller can stop an attempt that was running).
     pub fn delete(&self, id: &str) -> Result<Option<Job>> {
         let id = id.to_string();
-        let raw = self.writes.write(move |connection| {
-            in_savepoint(connection, |connection| {
-                let raw = connection
+        let raw = self.writes.write(move |writer| {
+            in_savepoint(writer, |writer| {
+                let raw = writer
                     .prepare_cached(SELECT_BY_ID)?
                     .query_row([&id], RawJob::from_row)
                     .optional()?;
-                connection.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
-                connection.prepare_cached(DELETE_JOB)?.execute([&id])?;
+                writer.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
+                writer.prepare_cached(DELETE_JOB)?.execute([&id])?;
+                if raw.as_ref().is_some_and(RawJob::is_pending) {
+                    writer.pending_changed(-1);
+                }
                 Ok(raw)
             })
         })?;
@@ -443,21 +503,22 @@ impl Store {
 }
 
 /// Claims the highest-priority due job inside a write: one seek per priority, highest
-/// first, ten index lookups at worst.
-fn claim_in(connection: &Connection, now: Timestamp) -> Result<Option<RawJob>> {
+/// first, ten index lookups at worst. Two statements: the caller runs it in a savepoint.
+fn claim_in(writer: &mut Writer<'_>, now: Timestamp) -> Result<Option<RawJob>> {
     let now = now.as_micros();
     for priority in (0..=MAX_PRIORITY).rev() {
-        let due: Option<i64> = connection
+        let due: Option<i64> = writer
             .prepare_cached(DUE_AT_PRIORITY)?
             .query_row(params![priority, now], |row| row.get(0))
             .optional()?;
         if let Some(seq) = due {
-            let raw = connection
+            let raw = writer
                 .prepare_cached(START_ATTEMPT)?
                 .query_row(params![seq, now], RawJob::from_row)?;
-            let attempt: u32 = connection
+            let attempt: u32 = writer
                 .prepare_cached(INSERT_ATTEMPT)?
                 .query_row(params![seq, now], |row| row.get(0))?;
+            writer.pending_changed(-1);
             return Ok(Some(raw.with_attempt(attempt)));
         }
     }
@@ -472,6 +533,7 @@ fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
 }
 
 /// The end of an attempt, encoded for `FINISH_ATTEMPT`.
+#[derive(Clone)]
 struct Finish {
     /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
     seq: i64,
@@ -521,27 +583,33 @@ impl Finish {
         })
     }
 
+    /// The same outcome, to record again if the batch that first recorded it fails to commit
+    /// after its worker was answered. Harmless if the job has moved on: the statements only
+    /// touch the attempt while it is still running.
+    fn redo(&self) -> impl FnMut(&mut Writer<'_>) -> Result<()> + Send + 'static {
+        let finish = self.clone();
+        move |writer| in_savepoint(writer, |writer| finish.run(writer).map(|_| ()))
+    }
+
     /// Returns whether the job was still running (and so was updated). The attempt's own row
-    /// is closed either way.
-    fn run(&self, connection: &Connection) -> Result<bool> {
+    /// is closed either way. Two statements: the caller runs it in a savepoint.
+    fn run(&self, writer: &mut Writer<'_>) -> Result<bool> {
         let attempt_status = match self.status {
             "pending" => "failed",
             "released" => "interrupted",
             other => other,
         };
-        connection
-            .prepare_cached(FINISH_ATTEMPT_ROW)?
-            .execute(params![
-                self.seq,
-                self.started_at,
-                attempt_status,
-                self.finished_at,
-                self.result,
-                self.error,
-                self.details.exit_code,
-                self.details.stderr_tail
-            ])?;
-        let changed = connection.prepare_cached(FINISH_ATTEMPT)?.execute(params![
+        writer.prepare_cached(FINISH_ATTEMPT_ROW)?.execute(params![
+            self.seq,
+            self.started_at,
+            attempt_status,
+            self.finished_at,
+            self.result,
+            self.error,
+            self.details.exit_code,
+            self.details.stderr_tail
+        ])?;
+        let changed = writer.prepare_cached(FINISH_ATTEMPT)?.execute(params![
             self.seq,
             self.status,
             self.finished_at,
@@ -550,6 +618,10 @@ impl Finish {
             self.retry_at,
             self.started_at
         ])?;
+        // A retry or a release puts the job back in the queue.
+        if changed > 0 && matches!(self.status, "pending" | "released") {
+            writer.pending_changed(1);
+        }
         Ok(changed > 0)
     }
 }
@@ -636,7 +708,7 @@ mod tests {
 
     fn temp_store() -> TempStore {
         let dir = test_dir::TestDir::new("store");
-        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full).unwrap();
+        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full, 0).unwrap();
         TempStore { store, dir }
     }
 
@@ -869,6 +941,7 @@ mod tests {
             (FINISH_ATTEMPT_ROW, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
+            (PROBE_WRITE, "SEARCH write_probe USING INTEGER PRIMARY KEY (rowid=?)"),
         ];
         for (sql, expected) in cases {
             let plan = plan(&store, sql);
@@ -974,7 +1047,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let store = Store::open(&path, Durability::Full).unwrap();
+        let store = Store::open(&path, Durability::Full, 0).unwrap();
         let version: i64 = store
             .read()
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -988,10 +1061,88 @@ mod tests {
         );
     }
 
+    /// The pending count kept in memory, and the one SQL finds.
+    fn pending_counts(store: &Store) -> (u64, u64) {
+        let counted: u64 = store
+            .read()
+            .query_row(COUNT_PENDING, [], |row| row.get(0))
+            .unwrap();
+        (store.writes.pending(), counted)
+    }
+
+    #[test]
+    fn the_pending_count_follows_every_change_of_status() {
+        let store = temp_store();
+        let at = Timestamp::from_micros;
+        let no_details = AttemptDetails::default();
+        for (id, run_at) in [("a", None), ("b", Some(1_000_000)), ("c", Some(2_000_000))] {
+            store.insert(id.into(), &new_job(0, run_at), at(1)).unwrap();
+        }
+        assert_eq!(pending_counts(&store), (3, 3));
+        let first = store.claim_next_due(at(2)).unwrap().unwrap();
+        assert_eq!(pending_counts(&store), (2, 2));
+        let retry = AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at: Some(at(3)),
+        };
+        store
+            .finish_attempt(&first, &retry, &no_details, at(3))
+            .unwrap();
+        assert_eq!(pending_counts(&store), (3, 3));
+        let second = store.claim_next_due(at(4)).unwrap().unwrap();
+        let released = AttemptEnd::Released {
+            reason: "shutdown".into(),
+        };
+        store
+            .finish_attempt(&second, &released, &no_details, at(5))
+            .unwrap();
+        assert_eq!(pending_counts(&store), (3, 3));
+        let third = store.claim_next_due(at(6)).unwrap().unwrap();
+        let failed = AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at: None,
+        };
+        let done = store
+            .finish_and_claim_next(&third, &failed, &no_details, at(7))
+            .unwrap();
+        assert!(done.recorded && done.next.is_none());
+        assert_eq!(pending_counts(&store), (2, 2));
+        store.retry("a", at(8)).unwrap();
+        assert_eq!(pending_counts(&store), (3, 3));
+        assert!(matches!(store.cancel("b", at(9)), Ok(Cancel::Cancelled(_))));
+        assert_eq!(pending_counts(&store), (2, 2));
+        assert!(store.delete("c").unwrap().is_some());
+        assert!(store.delete("b").unwrap().is_some());
+        assert_eq!(pending_counts(&store), (1, 1));
+        // A refused write leaves the count alone.
+        assert!(store.retry("a", at(10)).is_err());
+        assert_eq!(pending_counts(&store), (1, 1));
+        let reopened = Store::open(&store.dir.path().join("jobs.db"), Durability::Full, 0).unwrap();
+        assert_eq!(pending_counts(&reopened), (1, 1));
+    }
+
+    #[test]
+    fn a_submit_beyond_the_pending_limit_stores_nothing() {
+        let dir = test_dir::TestDir::new("store-limit");
+        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full, 2).unwrap();
+        let now = Timestamp::from_micros(1);
+        store.insert("a".into(), &new_job(0, None), now).unwrap();
+        store.insert("b".into(), &new_job(0, None), now).unwrap();
+        assert!(matches!(
+            store.insert("c".into(), &new_job(0, None), now),
+            Err(Error::QueueFull { limit: 2 })
+        ));
+        assert!(store.get("c").unwrap().is_none());
+        // A claimed job is no longer pending, so there is room again.
+        store.claim_next_due(now).unwrap().unwrap();
+        store.insert("c".into(), &new_job(0, None), now).unwrap();
+        assert_eq!(pending_counts(&store), (2, 2));
+    }
+
     #[test]
     fn a_path_that_cannot_be_a_database_says_why() {
         let dir = test_dir::TestDir::new("store");
-        let reason = |path: &Path| match Store::open(path, Durability::Full) {
+        let reason = |path: &Path| match Store::open(path, Durability::Full, 0) {
             Err(Error::DatabaseUnusable(message)) => message,
             Err(other) => panic!(
                 "{}: expected DatabaseUnusable, got {other:?}",
@@ -1035,7 +1186,7 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         assert!(matches!(
-            Store::open(&path, Durability::Full),
+            Store::open(&path, Durability::Full, 0),
             Err(Error::Startup(_))
         ));
     }

@@ -30,6 +30,10 @@ pub struct RawJob {
 }
 
 impl RawJob {
+    pub fn is_pending(&self) -> bool {
+        self.status == "pending"
+    }
+
     pub fn with_attempt(mut self, attempt: u32) -> RawJob {
         self.attempt = Some(attempt);
         self

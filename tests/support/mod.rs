@@ -9,6 +9,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -1070,6 +1071,73 @@ impl Drop for TestServer {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------
+
+/// Threads that submit jobs to one server process as fast as it answers, until told to stop or
+/// until the process is gone (a transport error), recording every acknowledged job id. Any
+/// answer other than `201` fails the test when the threads are joined.
+pub struct Submitters {
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Submitters {
+    /// `count` threads submitting to `addr`; `body(submitter, n)` is a submitter's n-th job.
+    pub fn start(addr: SocketAddr, count: usize, body: fn(usize, usize) -> Value) -> Submitters {
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|submitter| {
+                let (acknowledged, stop) = (Arc::clone(&acknowledged), Arc::clone(&stop));
+                thread::spawn(move || {
+                    // Bounded, in case the process never goes away.
+                    for n in 0..100_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let job = body(submitter, n).to_string();
+                        let headers = [("Content-Type", "application/json")];
+                        match try_request(addr, "POST", "/jobs", &headers, Some(job.as_bytes())) {
+                            Ok(response) if response.status == 201 => {
+                                let id = response.json()["job_id"].as_str().map(str::to_string);
+                                acknowledged.lock().unwrap().extend(id);
+                            }
+                            Ok(response) => {
+                                panic!("submit answered {}: {}", response.status, response.text())
+                            }
+                            // The process is gone: everything after a kill fails at transport.
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Submitters {
+            acknowledged,
+            stop,
+            threads,
+        }
+    }
+
+    /// How many submits have been acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Stops the threads still submitting, joins them, and returns every acknowledged id.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a submitter thread failed");
+        }
+        let acknowledged = self.acknowledged.lock().unwrap();
+        acknowledged.clone()
     }
 }
 
