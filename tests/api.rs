@@ -257,6 +257,63 @@ fn invalid_submissions_are_400_validation_error_naming_the_field_and_not_stored(
     );
 }
 
+/// RFC 3339 has four-digit years: a time that is outside years 0000–9999 once converted to
+/// UTC cannot be shown as one, so it is refused instead of stored and printed as `+10000-…`.
+#[test]
+fn run_at_outside_years_0000_to_9999_in_utc_is_400_and_the_edges_are_accepted() {
+    let server = TestServer::start();
+    for run_at in ["9999-12-31T23:59:59-00:01", "0000-01-01T00:00:00+00:01"] {
+        let body = json!({"payload": 1, "run_at": run_at});
+        let message = assert_error(&server.post_json("/jobs", &body), 400, "validation_error");
+        assert!(
+            message.starts_with("run_at") && message.contains("0000 to 9999"),
+            "{run_at}: {message:?}"
+        );
+    }
+    assert!(
+        server.list("/jobs").0.is_empty(),
+        "a refused job was stored"
+    );
+
+    let last = server.submit(json!({"payload": 1, "run_at": "9999-12-31T23:59:59.999999Z"}));
+    assert_eq!(server.job(&last)["run_at"], "9999-12-31T23:59:59.999999Z");
+    let first = server.submit(json!({"payload": 1, "run_at": "0000-01-01T00:30:00+00:30"}));
+    assert_eq!(server.job(&first)["run_at"], "0000-01-01T00:00:00.000000Z");
+}
+
+/// `null` for an optional field means "not given": the default applies. A value of the wrong
+/// type is still a 400 (see the test above).
+#[test]
+fn null_optional_fields_take_their_defaults() {
+    let server = TestServer::start();
+    let before = now_micros();
+    let id = server.submit(json!({
+        "payload": {"n": 1},
+        "function": null,
+        "timeout_seconds": null,
+        "max_retries": null,
+        "priority": null,
+        "run_at": null,
+        "delay_seconds": 3600
+    }));
+    let job = server.job(&id);
+    assert_eq!(
+        (
+            &job["function"],
+            &job["timeout_seconds"],
+            &job["max_retries"],
+            &job["priority"]
+        ),
+        (&Value::Null, &json!(30), &json!(3), &json!(0)),
+        "{job}"
+    );
+    // A null run_at does not count as given together with delay_seconds.
+    assert!(ts(&job, "run_at") >= before + 3_600_000_000, "{job}");
+    let id = server
+        .submit(json!({"payload": 1, "run_at": "2030-01-01T00:00:00Z", "delay_seconds": null}));
+    assert_eq!(server.job(&id)["run_at"], "2030-01-01T00:00:00.000000Z");
+}
+
 #[test]
 fn malformed_json_body_is_400_invalid_json() {
     let server = TestServer::start();
