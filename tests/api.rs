@@ -315,6 +315,17 @@ fn null_optional_fields_take_their_defaults() {
 }
 
 #[test]
+fn a_null_result_in_a_simulated_payload_is_the_null_result_not_the_default() {
+    let server = TestServer::start();
+    let id = server.submit(json!({"payload": {"duration_ms": 0, "result": null}}));
+    let job = server.wait_for_status(&id, "success", secs(10));
+    assert_eq!(job["result"], Value::Null, "{job}");
+    let attempts = server.get(&format!("/jobs/{id}/attempts")).json();
+    assert_eq!(attempts[0]["status"], "success", "{attempts}");
+    assert_eq!(attempts[0]["result"], Value::Null, "{attempts}");
+}
+
+#[test]
 fn malformed_json_body_is_400_invalid_json() {
     let server = TestServer::start();
     for raw in [
