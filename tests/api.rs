@@ -314,6 +314,39 @@ fn null_optional_fields_take_their_defaults() {
     assert_eq!(server.job(&id)["run_at"], "2030-01-01T00:00:00.000000Z");
 }
 
+/// Numbers keep their digits however large or precise, and object keys their order: what is
+/// read back is what was sent, not a float approximation or a sorted copy.
+#[test]
+fn a_payload_comes_back_as_submitted_with_integers_beyond_64_bits_and_key_order() {
+    let server = TestServer::start();
+    let payload = r#"{"z":1,"big":123456789012345678901234567890,"neg":-98765432109876543210987,"u64_plus_one":[18446744073709551616],"dec":1.50,"a":{"y":true,"b":null}}"#;
+    let body = format!(r#"{{"payload":{payload},"delay_seconds":3600}}"#);
+    let resp = server.post_jobs_raw(body.as_bytes());
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let id = resp.json()["job_id"].as_str().unwrap().to_string();
+    let expected = format!(r#""payload":{payload},"#);
+    let one = server.get(&format!("/jobs/{id}")).text();
+    assert!(
+        one.contains(&expected),
+        "GET /jobs/:id changed the payload: {one}"
+    );
+    let listed = server.get("/jobs").text();
+    assert!(
+        listed.contains(&expected),
+        "GET /jobs changed the payload: {listed}"
+    );
+
+    // A simulated result comes back exactly too, after a trip through the database.
+    let result = "123456789012345678901234567890123";
+    let body = format!(r#"{{"payload":{{"duration_ms":0,"result":{result}}}}}"#);
+    let resp = server.post_jobs_raw(body.as_bytes());
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let id = resp.json()["job_id"].as_str().unwrap().to_string();
+    server.wait_for_status(&id, "success", secs(10));
+    let done = server.get(&format!("/jobs/{id}")).text();
+    assert!(done.contains(&format!(r#""result":{result},"#)), "{done}");
+}
+
 #[test]
 fn a_null_result_in_a_simulated_payload_is_the_null_result_not_the_default() {
     let server = TestServer::start();
