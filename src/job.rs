@@ -285,7 +285,7 @@ pub fn optional_integer(
 ) -> Result<Option<u64>> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
             _ => Err(Error::Validation(format!(
                 "{name} must be an integer from {min} to {max}, got {value}"
@@ -296,6 +296,47 @@ pub fn optional_integer(
 
 /// When the job becomes due. Every time stored must render as RFC 3339, so a time outside
 /// years 0000 to 9999 in UTC is refused rather than stored and later printed as `+10000-…`.
+/// The value as a `u64` if it is a JSON number whose exact value is a whole number that fits:
+/// `3`, and also `3.0` or `3e0`, which JSON Schema's `integer` (and so `openapi.json`) counts
+/// as integers too. Decided on the number's text (serde_json keeps it, see Cargo.toml), so
+/// `3.0000000000000000001` is not rounded into one.
+pub fn whole_number(value: &Value) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(plain) = number.as_u64() {
+        return Some(plain);
+    }
+    let text = number.to_string();
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
+        None => (text.as_str(), 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = [whole, fraction].concat();
+    // Where the decimal point falls in `digits` once the exponent is applied.
+    let point = i64::try_from(whole.len()).ok()?.checked_add(exponent)?;
+    let split = usize::try_from(point.clamp(0, i64::try_from(digits.len()).ok()?)).ok()?;
+    let (integer, rest) = digits.split_at(split);
+    if rest.bytes().any(|digit| digit != b'0') {
+        return None;
+    }
+    let integer = integer.trim_start_matches('0');
+    if integer.is_empty() {
+        return Some(0);
+    }
+    // Zeros the exponent adds past the written digits; more than 20 digits exceed u64 anyway.
+    let padding = usize::try_from(point).ok()? - split;
+    if negative || integer.len() + padding > 20 {
+        return None;
+    }
+    format!("{integer}{}", "0".repeat(padding)).parse().ok()
+}
+
 fn schedule(fields: &Map<String, Value>, now: Timestamp) -> Result<Option<Timestamp>> {
     let run_at = match fields.get("run_at") {
         None | Some(Value::Null) => None,
@@ -388,6 +429,7 @@ mod tests {
             ("timeout_seconds", json!(0)),
             ("timeout_seconds", json!(86_401)),
             ("timeout_seconds", json!(1.5)),
+            ("timeout_seconds", json!(86_400.5)),
             ("max_retries", json!(101)),
             ("max_retries", json!(-1)),
             ("priority", json!(10)),
@@ -397,6 +439,39 @@ mod tests {
             let mut body = json!({"payload": {}});
             body[field] = value;
             assert!(validation_message(body).starts_with(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_in_any_spelling() {
+        let parse = |text: &str| whole_number(&serde_json::from_str(text).unwrap());
+        for (text, expected) in [
+            ("3", Some(3)),
+            ("3.0", Some(3)),
+            ("3.000", Some(3)),
+            ("3e0", Some(3)),
+            ("0.3e1", Some(3)),
+            ("30e-1", Some(3)),
+            ("1.5e2", Some(150)),
+            ("1E3", Some(1000)),
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e5", Some(0)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("1.8446744073709551615e19", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("1e20", None),
+            ("1e400", None),
+            ("1.5", None),
+            ("3.0000000000000000001", None),
+            ("3e-1", None),
+            ("-1", None),
+            ("-1.0", None),
+            ("\"3\"", None),
+            ("true", None),
+        ] {
+            assert_eq!(parse(text), expected, "{text}");
         }
     }
 

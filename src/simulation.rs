@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::job::whole_number;
 
 pub const DEFAULT_DURATION_MS: u64 = 750;
 /// A simulated job may take as long as the longest allowed timeout, no longer.
@@ -46,7 +47,7 @@ impl Simulation {
         };
         match fields.get("duration_ms") {
             None | Some(Value::Null) => {}
-            Some(value) => match value.as_u64() {
+            Some(value) => match whole_number(value) {
                 Some(ms) if ms <= MAX_DURATION_MS => simulation.duration = Duration::from_millis(ms),
                 _ => {
                     return Err(Error::Validation(format!(

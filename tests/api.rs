@@ -257,6 +257,32 @@ fn invalid_submissions_are_400_validation_error_naming_the_field_and_not_stored(
     );
 }
 
+/// JSON Schema's `integer`, which openapi.json uses, is any number with a zero fraction: `30.0`
+/// and `3e1` are the integer 30, for the submit fields and the simulation keys alike.
+#[test]
+fn numbers_with_a_zero_fraction_count_as_integers() {
+    let server = TestServer::start();
+    let body = br#"{"payload": {"duration_ms": 1e1}, "timeout_seconds": 30.0, "max_retries": 2.000, "priority": 5e0, "delay_seconds": 3.6e3}"#;
+    let resp = server.post_jobs_raw(body);
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let job = server.job(resp.json()["job_id"].as_str().unwrap());
+    assert_eq!(
+        (
+            &job["timeout_seconds"],
+            &job["max_retries"],
+            &job["priority"]
+        ),
+        (&json!(30), &json!(2), &json!(5)),
+        "{job}"
+    );
+    for raw in [
+        &br#"{"payload": 1, "timeout_seconds": 30.5}"#[..],
+        br#"{"payload": {"duration_ms": 0.5}}"#,
+    ] {
+        assert_error(&server.post_jobs_raw(raw), 400, "validation_error");
+    }
+}
+
 /// RFC 3339 has four-digit years: a time that is outside years 0000–9999 once converted to
 /// UTC cannot be shown as one, so it is refused instead of stored and printed as `+10000-…`.
 #[test]
