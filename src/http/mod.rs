@@ -3,6 +3,7 @@
 //! logged in one line. A panic in a handler becomes a JSON 500 and the thread serves on.
 
 mod handlers;
+mod openapi;
 mod request;
 mod response;
 mod routes;
