@@ -545,6 +545,19 @@ fn delete_of_pending_job_means_it_never_runs() {
 }
 
 #[test]
+fn get_openapi_json_serves_the_repository_document_and_other_methods_are_405() {
+    let server = TestServer::start();
+    let resp = server.get("/openapi.json");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_json_content_type(&resp);
+    assert_eq!(resp.text(), include_str!("../openapi.json"));
+    assert!(resp.json()["openapi"].as_str().unwrap().starts_with("3.1."));
+    let refused = server.request("POST", "/openapi.json", &[], Some(b"{}"));
+    assert_error(&refused, 405, "method_not_allowed");
+    assert_eq!(refused.allow(), BTreeSet::from(["GET".to_string()]));
+}
+
+#[test]
 fn health_reports_ok_for_api_and_database() {
     let server = TestServer::start();
     let resp = server.get("/health");
