@@ -14,7 +14,8 @@ use crate::time::Timestamp;
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
 pub const MAX_RETRIES_LIMIT: u64 = 100;
 pub const MAX_PRIORITY: u64 = 9;
-/// Ten years: far enough for any schedule, small enough that timestamps never overflow.
+/// Ten years of 365 days (315,360,000 s): far enough for any schedule, small enough that
+/// timestamps never overflow. Documented in the README and `openapi.json`.
 pub const MAX_DELAY_SECONDS: u64 = 10 * 365 * 86_400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -280,7 +281,9 @@ fn to_u32(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
-/// An optional integer field within `min..=max`; `null` counts as absent.
+/// An optional integer field within `min..=max`. `null` means absent (the default applies),
+/// for every optional field of a submit; any other value that is not such an integer, a
+/// string or `1.5` for example, is refused.
 pub fn optional_integer(
     fields: &Map<String, Value>,
     name: &str,
@@ -289,7 +292,7 @@ pub fn optional_integer(
 ) -> Result<Option<u64>> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(number) if (min..=max).contains(&number) => Ok(Some(number)),
             _ => Err(Error::Validation(format!(
                 "{name} must be an integer from {min} to {max}, got {value}"
@@ -298,14 +301,65 @@ pub fn optional_integer(
     }
 }
 
+/// When the job becomes due. Every time stored must render as RFC 3339, so a time outside
+/// years 0000 to 9999 in UTC is refused rather than stored and later printed as `+10000-…`.
+/// The value as a `u64` if it is a JSON number whose exact value is a whole number that fits:
+/// `3`, and also `3.0` or `3e0`, which JSON Schema's `integer` (and so `openapi.json`) counts
+/// as integers too. Decided on the number's text (serde_json keeps it, see Cargo.toml), so
+/// `3.0000000000000000001` is not rounded into one.
+pub fn whole_number(value: &Value) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(plain) = number.as_u64() {
+        return Some(plain);
+    }
+    let text = number.to_string();
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
+        None => (text.as_str(), 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = [whole, fraction].concat();
+    // Where the decimal point falls in `digits` once the exponent is applied.
+    let point = i64::try_from(whole.len()).ok()?.checked_add(exponent)?;
+    let split = usize::try_from(point.clamp(0, i64::try_from(digits.len()).ok()?)).ok()?;
+    let (integer, rest) = digits.split_at(split);
+    if rest.bytes().any(|digit| digit != b'0') {
+        return None;
+    }
+    let integer = integer.trim_start_matches('0');
+    if integer.is_empty() {
+        return Some(0);
+    }
+    // Zeros the exponent adds past the written digits; more than 20 digits exceed u64 anyway.
+    let padding = usize::try_from(point).ok()? - split;
+    if negative || integer.len() + padding > 20 {
+        return None;
+    }
+    format!("{integer}{}", "0".repeat(padding)).parse().ok()
+}
+
 fn schedule(fields: &Map<String, Value>, now: Timestamp) -> Result<Option<Timestamp>> {
     let run_at = match fields.get("run_at") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(Timestamp::parse_rfc3339(text).ok_or_else(|| {
-            Error::Validation(format!(
-                "run_at must be an RFC 3339 time such as 2030-01-01T00:00:00Z, got {text:?}"
-            ))
-        })?),
+        Some(Value::String(text)) => {
+            let at = Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                Error::Validation(format!(
+                    "run_at must be an RFC 3339 time such as 2030-01-01T00:00:00Z, got {text:?}"
+                ))
+            })?;
+            if !at.is_rfc3339() {
+                return Err(Error::Validation(format!(
+                    "run_at must lie within the years 0000 to 9999 in UTC; {text:?} is {at} in UTC"
+                )));
+            }
+            Some(at)
+        }
         Some(other) => {
             return Err(Error::Validation(format!(
                 "run_at must be an RFC 3339 time string, got {other}"
@@ -318,7 +372,15 @@ fn schedule(fields: &Map<String, Value>, now: Timestamp) -> Result<Option<Timest
             "run_at and delay_seconds cannot both be given; choose one".into(),
         )),
         (Some(at), None) => Ok(Some(at)),
-        (None, Some(seconds)) => Ok(Some(now.plus(Duration::from_secs(seconds)))),
+        (None, Some(seconds)) => {
+            let at = now.plus(Duration::from_secs(seconds));
+            if !at.is_rfc3339() {
+                return Err(Error::Validation(format!(
+                    "delay_seconds {seconds} would make the job due after 9999-12-31T23:59:59.999999Z"
+                )));
+            }
+            Ok(Some(at))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -374,6 +436,7 @@ mod tests {
             ("timeout_seconds", json!(0)),
             ("timeout_seconds", json!(86_401)),
             ("timeout_seconds", json!(1.5)),
+            ("timeout_seconds", json!(86_400.5)),
             ("max_retries", json!(101)),
             ("max_retries", json!(-1)),
             ("priority", json!(10)),
@@ -383,6 +446,39 @@ mod tests {
             let mut body = json!({"payload": {}});
             body[field] = value;
             assert!(validation_message(body).starts_with(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_in_any_spelling() {
+        let parse = |text: &str| whole_number(&serde_json::from_str(text).unwrap());
+        for (text, expected) in [
+            ("3", Some(3)),
+            ("3.0", Some(3)),
+            ("3.000", Some(3)),
+            ("3e0", Some(3)),
+            ("0.3e1", Some(3)),
+            ("30e-1", Some(3)),
+            ("1.5e2", Some(150)),
+            ("1E3", Some(1000)),
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e5", Some(0)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("1.8446744073709551615e19", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("1e20", None),
+            ("1e400", None),
+            ("1.5", None),
+            ("3.0000000000000000001", None),
+            ("3e-1", None),
+            ("-1", None),
+            ("-1.0", None),
+            ("\"3\"", None),
+            ("true", None),
+        ] {
+            assert_eq!(parse(text), expected, "{text}");
         }
     }
 
@@ -400,6 +496,54 @@ mod tests {
         let both = json!({"payload": 1, "delay_seconds": 2, "run_at": "2030-01-01T00:00:00Z"});
         assert!(validation_message(both).contains("both"));
         assert!(validation_message(json!({"payload": 1, "run_at": "soon"})).starts_with("run_at"));
+    }
+
+    #[test]
+    fn run_at_outside_years_0000_to_9999_in_utc_is_refused() {
+        for text in ["9999-12-31T23:59:59-00:01", "0000-01-01T00:00:00+00:01"] {
+            let message = validation_message(json!({"payload": 1, "run_at": text}));
+            assert!(
+                message.starts_with("run_at") && message.contains("0000 to 9999"),
+                "{message}"
+            );
+        }
+        let last = validate(json!({"payload": 1, "run_at": "9999-12-31T23:59:59.999999Z"}));
+        assert_eq!(last.unwrap().run_at, Some(Timestamp::MAX));
+        let first = validate(json!({"payload": 1, "run_at": "0000-01-01T00:30:00+00:30"}));
+        assert_eq!(first.unwrap().run_at, Some(Timestamp::MIN));
+    }
+
+    #[test]
+    fn a_delay_that_ends_after_year_9999_is_refused() {
+        let second_to_last = Timestamp::from_micros(Timestamp::MAX.as_micros() - 1_000_000);
+        let body = json!({"payload": 1, "delay_seconds": 2});
+        match NewJob::from_json(body, DEFAULTS, second_to_last) {
+            Err(Error::Validation(message)) => assert!(message.starts_with("delay_seconds")),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_optional_fields_take_their_defaults_but_wrong_types_are_refused() {
+        let body = json!({"payload": 1, "function": null, "timeout_seconds": null,
+            "max_retries": null, "priority": null, "run_at": null, "delay_seconds": null});
+        assert_eq!(
+            validate(body).unwrap(),
+            validate(json!({"payload": 1})).unwrap()
+        );
+        for field in [
+            "timeout_seconds",
+            "max_retries",
+            "priority",
+            "delay_seconds",
+        ] {
+            let mut body = json!({"payload": 1});
+            body[field] = json!("1");
+            assert!(validation_message(body).starts_with(field), "{field}");
+        }
+        // A null run_at or delay_seconds does not count as given.
+        let job = validate(json!({"payload": 1, "run_at": null, "delay_seconds": 2})).unwrap();
+        assert_eq!(job.run_at, Some(Timestamp::from_micros(3_000_000)));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::job::whole_number;
 
 pub const DEFAULT_DURATION_MS: u64 = 750;
 /// A simulated job may take as long as the longest allowed timeout, no longer.
@@ -31,7 +32,9 @@ pub enum SimulationEnd {
 
 impl Simulation {
     /// Reads the simulation keys of a payload. Non-object payloads run as a default job; keys
-    /// of the wrong type are a validation error naming `payload.<key>`.
+    /// of the wrong type are a validation error naming `payload.<key>`. `null` for
+    /// `duration_ms`, `should_fail` or `error_message` means the default; `"result": null`
+    /// asks for a `null` result.
     pub fn from_payload(payload: &Value) -> Result<Simulation> {
         let mut simulation = Simulation {
             duration: Duration::from_millis(DEFAULT_DURATION_MS),
@@ -44,7 +47,7 @@ impl Simulation {
         };
         match fields.get("duration_ms") {
             None | Some(Value::Null) => {}
-            Some(value) => match value.as_u64() {
+            Some(value) => match whole_number(value) {
                 Some(ms) if ms <= MAX_DURATION_MS => simulation.duration = Duration::from_millis(ms),
                 _ => {
                     return Err(Error::Validation(format!(
@@ -62,9 +65,9 @@ impl Simulation {
                 )))
             }
         }
-        match fields.get("result") {
-            None | Some(Value::Null) => {}
-            Some(value) => simulation.result = value.clone(),
+        // Unlike the other keys, `null` is a result like any other: only a missing key defaults.
+        if let Some(value) = fields.get("result") {
+            simulation.result = value.clone();
         }
         match fields.get("error_message") {
             None | Some(Value::Null) => {}
@@ -116,6 +119,23 @@ mod tests {
                 other => panic!("expected a validation error for {key}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_null_result_is_the_result_and_other_null_keys_are_defaults() {
+        let payload = json!({"result": null, "duration_ms": null, "should_fail": null,
+            "error_message": null});
+        let simulation = Simulation::from_payload(&payload).unwrap();
+        assert_eq!(
+            (simulation.duration, simulation.should_fail),
+            (Duration::from_millis(DEFAULT_DURATION_MS), false)
+        );
+        assert_eq!(simulation.outcome(), SimulationEnd::Succeeded(Value::Null));
+        let default = Simulation::from_payload(&json!({})).unwrap();
+        assert_eq!(
+            default.outcome(),
+            SimulationEnd::Succeeded(json!(DEFAULT_RESULT))
+        );
     }
 
     #[test]

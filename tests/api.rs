@@ -257,6 +257,133 @@ fn invalid_submissions_are_400_validation_error_naming_the_field_and_not_stored(
     );
 }
 
+/// JSON Schema's `integer`, which openapi.json uses, is any number with a zero fraction: `30.0`
+/// and `3e1` are the integer 30, for the submit fields and the simulation keys alike.
+#[test]
+fn numbers_with_a_zero_fraction_count_as_integers() {
+    let server = TestServer::start();
+    let body = br#"{"payload": {"duration_ms": 1e1}, "timeout_seconds": 30.0, "max_retries": 2.000, "priority": 5e0, "delay_seconds": 3.6e3}"#;
+    let resp = server.post_jobs_raw(body);
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let job = server.job(resp.json()["job_id"].as_str().unwrap());
+    assert_eq!(
+        (
+            &job["timeout_seconds"],
+            &job["max_retries"],
+            &job["priority"]
+        ),
+        (&json!(30), &json!(2), &json!(5)),
+        "{job}"
+    );
+    for raw in [
+        &br#"{"payload": 1, "timeout_seconds": 30.5}"#[..],
+        br#"{"payload": {"duration_ms": 0.5}}"#,
+    ] {
+        assert_error(&server.post_jobs_raw(raw), 400, "validation_error");
+    }
+}
+
+/// RFC 3339 has four-digit years: a time that is outside years 0000–9999 once converted to
+/// UTC cannot be shown as one, so it is refused instead of stored and printed as `+10000-…`.
+#[test]
+fn run_at_outside_years_0000_to_9999_in_utc_is_400_and_the_edges_are_accepted() {
+    let server = TestServer::start();
+    for run_at in ["9999-12-31T23:59:59-00:01", "0000-01-01T00:00:00+00:01"] {
+        let body = json!({"payload": 1, "run_at": run_at});
+        let message = assert_error(&server.post_json("/jobs", &body), 400, "validation_error");
+        assert!(
+            message.starts_with("run_at") && message.contains("0000 to 9999"),
+            "{run_at}: {message:?}"
+        );
+    }
+    assert!(
+        server.list("/jobs").0.is_empty(),
+        "a refused job was stored"
+    );
+
+    let last = server.submit(json!({"payload": 1, "run_at": "9999-12-31T23:59:59.999999Z"}));
+    assert_eq!(server.job(&last)["run_at"], "9999-12-31T23:59:59.999999Z");
+    let first = server.submit(json!({"payload": 1, "run_at": "0000-01-01T00:30:00+00:30"}));
+    assert_eq!(server.job(&first)["run_at"], "0000-01-01T00:00:00.000000Z");
+}
+
+/// `null` for an optional field means "not given": the default applies. A value of the wrong
+/// type is still a 400 (see the test above).
+#[test]
+fn null_optional_fields_take_their_defaults() {
+    let server = TestServer::start();
+    let before = now_micros();
+    let id = server.submit(json!({
+        "payload": {"n": 1},
+        "function": null,
+        "timeout_seconds": null,
+        "max_retries": null,
+        "priority": null,
+        "run_at": null,
+        "delay_seconds": 3600
+    }));
+    let job = server.job(&id);
+    assert_eq!(
+        (
+            &job["function"],
+            &job["timeout_seconds"],
+            &job["max_retries"],
+            &job["priority"]
+        ),
+        (&Value::Null, &json!(30), &json!(3), &json!(0)),
+        "{job}"
+    );
+    // A null run_at does not count as given together with delay_seconds.
+    assert!(ts(&job, "run_at") >= before + 3_600_000_000, "{job}");
+    let id = server
+        .submit(json!({"payload": 1, "run_at": "2030-01-01T00:00:00Z", "delay_seconds": null}));
+    assert_eq!(server.job(&id)["run_at"], "2030-01-01T00:00:00.000000Z");
+}
+
+/// Numbers keep their digits however large or precise, and object keys their order: what is
+/// read back is what was sent, not a float approximation or a sorted copy.
+#[test]
+fn a_payload_comes_back_as_submitted_with_integers_beyond_64_bits_and_key_order() {
+    let server = TestServer::start();
+    let payload = r#"{"z":1,"big":123456789012345678901234567890,"neg":-98765432109876543210987,"u64_plus_one":[18446744073709551616],"dec":1.50,"a":{"y":true,"b":null}}"#;
+    let body = format!(r#"{{"payload":{payload},"delay_seconds":3600}}"#);
+    let resp = server.post_jobs_raw(body.as_bytes());
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let id = resp.json()["job_id"].as_str().unwrap().to_string();
+    let expected = format!(r#""payload":{payload},"#);
+    let one = server.get(&format!("/jobs/{id}")).text();
+    assert!(
+        one.contains(&expected),
+        "GET /jobs/:id changed the payload: {one}"
+    );
+    let listed = server.get("/jobs").text();
+    assert!(
+        listed.contains(&expected),
+        "GET /jobs changed the payload: {listed}"
+    );
+
+    // A simulated result comes back exactly too, after a trip through the database.
+    let result = "123456789012345678901234567890123";
+    let body = format!(r#"{{"payload":{{"duration_ms":0,"result":{result}}}}}"#);
+    let resp = server.post_jobs_raw(body.as_bytes());
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let id = resp.json()["job_id"].as_str().unwrap().to_string();
+    server.wait_for_status(&id, "success", secs(10));
+    let done = server.get(&format!("/jobs/{id}")).text();
+    assert!(done.contains(&format!(r#""result":{result},"#)), "{done}");
+}
+
+#[test]
+fn a_null_result_in_a_simulated_payload_is_the_null_result_not_the_default() {
+    let server = TestServer::start();
+    let id = server.submit(json!({"payload": {"duration_ms": 0, "result": null}}));
+    let job = server.wait_for_status(&id, "success", secs(10));
+    assert_eq!(job["result"], Value::Null, "{job}");
+    let attempts = server.get(&format!("/jobs/{id}/attempts")).json();
+    assert_eq!(attempts[0]["status"], "success", "{attempts}");
+    assert_eq!(attempts[0]["result"], Value::Null, "{attempts}");
+}
+
 #[test]
 fn malformed_json_body_is_400_invalid_json() {
     let server = TestServer::start();
@@ -415,6 +542,19 @@ fn delete_of_pending_job_means_it_never_runs() {
     });
     let (jobs, _) = server.list("/jobs");
     assert!(jobs.is_empty());
+}
+
+#[test]
+fn get_openapi_json_serves_the_repository_document_and_other_methods_are_405() {
+    let server = TestServer::start();
+    let resp = server.get("/openapi.json");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_json_content_type(&resp);
+    assert_eq!(resp.text(), include_str!("../openapi.json"));
+    assert!(resp.json()["openapi"].as_str().unwrap().starts_with("3.1."));
+    let refused = server.request("POST", "/openapi.json", &[], Some(b"{}"));
+    assert_error(&refused, 405, "method_not_allowed");
+    assert_eq!(refused.allow(), BTreeSet::from(["GET".to_string()]));
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod framing;
 mod handlers;
 mod in_flight;
 mod listener;
+mod openapi;
 mod pool;
 mod request;
 mod response;

@@ -33,6 +33,15 @@ impl ApiResponse {
         }
     }
 
+    /// A body that is JSON text already (the built-in `openapi.json`).
+    pub fn json_text(status: u16, body: &str) -> ApiResponse {
+        ApiResponse {
+            status,
+            headers: Vec::new(),
+            body: Some(body.to_string()),
+        }
+    }
+
     pub fn empty(status: u16) -> ApiResponse {
         ApiResponse {
             status,

@@ -1,13 +1,47 @@
-//! Routing: one `match` on method and path segments. A known path with the wrong method is a
-//! 405 with `Allow`; anything else is a 404.
+//! Routing: one `match` on method and path segments ([`resolve`]) names the endpoint, and
+//! [`route`] calls its handler. A known path with the wrong method is a 405 with `Allow`;
+//! anything else is a 404. [`ROUTES`] lists what the match routes, for the tests that keep
+//! it and `openapi.json` in step.
 
 use tiny_http::{Method, Request};
 
 use crate::error::{Error, Result};
 use crate::http::framing::Body;
 use crate::http::handlers::{self, AppState};
+use crate::http::openapi;
 use crate::http::request::{read_json_body, BodyLimits};
 use crate::http::response::ApiResponse;
+
+/// Every (method, path template) pair the router answers; `{id}` stands for a job id. Tests
+/// check it against the match in [`resolve`] and against the paths of `openapi.json`.
+#[cfg_attr(not(test), allow(dead_code))] // Read by those tests only.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/functions"),
+    ("POST", "/jobs"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/{id}"),
+    ("DELETE", "/jobs/{id}"),
+    ("POST", "/jobs/{id}/retry"),
+    ("POST", "/jobs/{id}/cancel"),
+    ("GET", "/jobs/{id}/attempts"),
+];
+
+/// What a request asks for, decided from its method and path alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Health,
+    OpenApi,
+    Functions,
+    Submit,
+    List,
+    Get(&'a str),
+    Delete(&'a str),
+    Retry(&'a str),
+    Cancel(&'a str),
+    Attempts(&'a str),
+}
 
 /// Routes one request. `body_read` is set once its body has been read to the end, so the
 /// connection knows whether the next bytes on it start a new request.
@@ -24,12 +58,12 @@ pub fn route(
     }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = request.method().clone();
-    match (&method, segments.as_slice()) {
-        (Method::Get, ["health"]) => Ok(handlers::health(state)),
-        (Method::Get, ["functions"]) => Ok(handlers::functions(state)),
-        (Method::Post, ["jobs"]) => {
+    match resolve(&method, path)? {
+        Endpoint::Health => Ok(handlers::health(state)),
+        Endpoint::OpenApi => Ok(openapi::document()),
+        Endpoint::Functions => Ok(handlers::functions(state)),
+        Endpoint::Submit => {
             let limits = BodyLimits {
                 max_bytes: state.max_body_bytes,
                 patience: state.body_patience,
@@ -37,19 +71,149 @@ pub fn route(
             let body = read_json_body(request, body, limits, body_read)?;
             handlers::submit(state, body)
         }
-        (Method::Get, ["jobs"]) => handlers::list(state, query),
-        (Method::Get, ["jobs", id]) => handlers::get(state, id),
-        (Method::Delete, ["jobs", id]) => handlers::delete(state, id),
-        (Method::Post, ["jobs", id, "retry"]) => handlers::retry(state, id),
-        (Method::Post, ["jobs", id, "cancel"]) => handlers::cancel(state, id),
-        (Method::Get, ["jobs", id, "attempts"]) => handlers::attempts(state, id),
-        (_, ["health" | "functions"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        Endpoint::List => handlers::list(state, query),
+        Endpoint::Get(id) => handlers::get(state, id),
+        Endpoint::Delete(id) => handlers::delete(state, id),
+        Endpoint::Retry(id) => handlers::retry(state, id),
+        Endpoint::Cancel(id) => handlers::cancel(state, id),
+        Endpoint::Attempts(id) => handlers::attempts(state, id),
+    }
+}
+
+/// The one routing `match`. Every `(Method::…, [...])` arm here has its row in [`ROUTES`].
+fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        (Method::Get, ["health"]) => Ok(Endpoint::Health),
+        (Method::Get, ["openapi.json"]) => Ok(Endpoint::OpenApi),
+        (Method::Get, ["functions"]) => Ok(Endpoint::Functions),
+        (Method::Post, ["jobs"]) => Ok(Endpoint::Submit),
+        (Method::Get, ["jobs"]) => Ok(Endpoint::List),
+        (Method::Get, ["jobs", id]) => Ok(Endpoint::Get(id)),
+        (Method::Delete, ["jobs", id]) => Ok(Endpoint::Delete(id)),
+        (Method::Post, ["jobs", id, "retry"]) => Ok(Endpoint::Retry(id)),
+        (Method::Post, ["jobs", id, "cancel"]) => Ok(Endpoint::Cancel(id)),
+        (Method::Get, ["jobs", id, "attempts"]) => Ok(Endpoint::Attempts(id)),
+        (_, ["health" | "openapi.json" | "functions"]) => {
+            Err(Error::MethodNotAllowed { allow: "GET" })
+        }
         (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         (_, ["jobs", _]) => Err(Error::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
         (_, ["jobs", _, "retry" | "cancel"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
         (_, ["jobs", _, "attempts"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        _ => Err(Error::NotFound(format!(
+            "no route for {}",
+            path.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const SAMPLE_ID: &str = "0192f6c4-0000-7000-8000-000000000001";
+
+    fn method(name: &str) -> Method {
+        name.parse()
+            .unwrap_or_else(|()| panic!("{name} is not a method"))
+    }
+
+    /// The (method, template) pairs of the `(Method::…, [...])` arms in `resolve`, read from
+    /// this file's source: an arm added without its row in `ROUTES` shows up here.
+    fn arms_of_resolve() -> BTreeSet<(String, String)> {
+        let source = include_str!("routes.rs");
+        let start = source.find("fn resolve").expect("fn resolve");
+        let body = &source[start..];
+        let body = &body[..body.find("\n}\n").expect("the end of fn resolve")];
+        body.split("(Method::")
+            .skip(1)
+            .map(|arm| {
+                let (name, rest) = arm
+                    .split_once(", [")
+                    .expect("an arm of (Method, [segments])");
+                let segments = &rest[..rest.find("])").expect("the end of the segments")];
+                let path: String = segments
+                    .split(", ")
+                    .map(|segment| match segment.strip_prefix('"') {
+                        Some(literal) => format!("/{}", literal.trim_end_matches('"')),
+                        None => "/{id}".to_string(),
+                    })
+                    .collect();
+                (name.to_ascii_uppercase(), path)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routes_lists_exactly_the_arms_of_the_router() {
+        let listed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|&(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        assert_eq!(listed.len(), ROUTES.len(), "ROUTES has a duplicate row");
+        assert_eq!(arms_of_resolve(), listed);
+    }
+
+    #[test]
+    fn every_listed_route_reaches_its_own_endpoint_with_the_id() {
+        let mut reached = Vec::new();
+        for &(name, template) in ROUTES {
+            let path = template.replace("{id}", SAMPLE_ID);
+            let endpoint = resolve(&method(name), &path)
+                .unwrap_or_else(|err| panic!("{name} {template} is not routed: {err}"));
+            let id = match endpoint {
+                Endpoint::Get(id)
+                | Endpoint::Delete(id)
+                | Endpoint::Retry(id)
+                | Endpoint::Cancel(id)
+                | Endpoint::Attempts(id) => Some(id),
+                _ => None,
+            };
+            assert_eq!(id.is_some(), template.contains("{id}"), "{name} {template}");
+            assert!(id.is_none_or(|id| id == SAMPLE_ID), "{name} {template}");
+            // Every id is the sample, so the debug form tells the variants apart.
+            let reached_now = format!("{endpoint:?}");
+            assert!(
+                !reached.contains(&reached_now),
+                "two routes reach {endpoint:?}"
+            );
+            reached.push(reached_now);
+        }
+    }
+
+    #[test]
+    fn a_listed_path_with_another_method_is_405_and_others_are_404() {
+        for &(_, template) in ROUTES {
+            let path = template.replace("{id}", SAMPLE_ID);
+            let allowed: Vec<&str> = ROUTES
+                .iter()
+                .filter(|&&(_, other)| other == template)
+                .map(|&(name, _)| name)
+                .collect();
+            for name in ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+                match resolve(&method(name), &path) {
+                    Ok(_) => assert!(allowed.contains(&name), "{name} {template}"),
+                    Err(Error::MethodNotAllowed { allow }) => {
+                        let mut allow: Vec<&str> = allow.split(", ").collect();
+                        let mut want = allowed.clone();
+                        allow.sort_unstable();
+                        want.sort_unstable();
+                        assert_eq!(allow, want, "Allow of {name} {template}");
+                    }
+                    Err(other) => panic!("{name} {template}: {other}"),
+                }
+            }
+        }
+        for path in ["/", "/jobs/x/y", "/nope", "/jobs/x/retry/more"] {
+            assert!(matches!(
+                resolve(&Method::Get, path),
+                Err(Error::NotFound(_))
+            ));
+        }
     }
 }
