@@ -37,6 +37,9 @@ pub enum Error {
     UriTooLong { limit: usize },
     /// The request body did not arrive in time.
     RequestTimeout(String),
+    /// A body sent without a `Content-Length` (chunked): refused, as tiny_http's chunked
+    /// decoder has no bound on what it buffers.
+    LengthRequired,
     /// `API_TOKEN` is set and the request carries no valid `Authorization: Bearer` token.
     Unauthorized(String),
     /// Every connection slot (`MAX_CONNECTIONS`) is taken.
@@ -96,6 +99,9 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
+            Error::LengthRequired => f.write_str(
+                "send the body with a Content-Length; chunked request bodies are not accepted",
+            ),
             Error::UriTooLong { limit } => write!(
                 f,
                 "the request target is longer than the limit of {limit} bytes"

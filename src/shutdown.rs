@@ -82,7 +82,8 @@ pub fn run(
     // Any signal, or its sender going away, means stop; so does an accept loop that ended.
     let listener_failure = select! {
         recv(signals) -> _ => None,
-        recv(server.failed()) -> failure => failure.ok(),
+        // A closed channel means the accept thread ended without saying why (a panic).
+        recv(server.failed()) -> failure => Some(failure.unwrap_or_else(|_| "the accept thread ended".into())),
     };
     match &listener_failure {
         None => info!(

@@ -111,23 +111,107 @@ fn content_length_with_transfer_encoding_is_refused_and_the_rest_is_never_read()
 }
 
 #[test]
-fn a_chunked_submit_is_accepted() {
+fn a_chunked_submit_is_refused_with_411_and_nothing_is_stored() {
     let server = TestServer::start();
-    let body = br#"{"payload": {"n": 1}, "delay_seconds": 3600}"#;
-    let mut chunked = Vec::new();
-    for part in body.chunks(10) {
-        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-        chunked.extend_from_slice(part);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let mut bytes =
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    bytes.extend_from_slice(&chunked);
-    let (response, _stream) = exchange(server.addr, &bytes);
-    assert_eq!(response.status, 201, "{}", response.text());
-    let id = response.json()["job_id"].as_str().unwrap().to_string();
-    assert_eq!(server.job(&id)["payload"], json!({"n": 1}));
+    let bytes = b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"payload\": {}}\r\n0\r\n\r\n";
+    let (response, mut stream) = exchange(server.addr, bytes);
+    assert_error(&response, 411, "length_required");
+    assert_eq!(response.header("connection"), Some("close"));
+    closed_without_more(&mut stream).unwrap();
+    assert_eq!(server.list("/jobs").0.len(), 0);
+}
+
+#[test]
+fn a_body_cut_short_by_the_end_of_the_connection_is_refused() {
+    let server = TestServer::start();
+    let mut body = br#"{"payload": {"n": 1}}"#.to_vec();
+    body.resize(1500, b' ');
+    let mut stream = connect(server.addr);
+    stream
+        .write_all(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+        .unwrap();
+    stream.write_all(&body).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let response = read_response(&mut stream).expect("a response");
+    assert_error(&response, 400, "bad_request");
+    assert_eq!(server.list("/jobs").0.len(), 0);
+}
+
+#[test]
+fn an_upgrade_request_is_refused_so_its_body_cannot_run_past_its_length() {
+    let server = TestServer::start();
+    let bytes = b"POST /jobs HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 1\r\n\r\n{\"payload\": {\"n\": 1}}";
+    let (response, mut stream) = exchange(server.addr, bytes);
+    assert_error(&response, 400, "bad_request");
+    closed_without_more(&mut stream).unwrap();
+    assert_eq!(server.list("/jobs").0.len(), 0);
+}
+
+#[test]
+fn an_unread_small_body_closes_the_connection_and_says_so() {
+    let server = TestServer::start();
+    let (response, mut stream) = exchange(
+        server.addr,
+        b"GET /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    closed_without_more(&mut stream).unwrap();
+}
+
+#[test]
+fn an_oversized_body_is_refused_at_once_and_never_read() {
+    let server = TestServer::start();
+    let mut stream = connect(server.addr);
+    stream
+        .write_all(
+            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n{\"payload\":",
+        )
+        .unwrap();
+    // The client goes on sending as fast as it can; the server must not read it all.
+    let mut writer = stream.try_clone().unwrap();
+    let flood = thread::spawn(move || {
+        let chunk = vec![b' '; 64 * 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let response = read_response(&mut stream).expect("a response");
+    assert_error(&response, 413, "payload_too_large");
+    closed_without_more(&mut stream).unwrap();
+    flood.join().unwrap();
+    assert_intact(&server, &[]);
+}
+
+#[test]
+fn an_http_2_request_line_cannot_hold_a_connection_slot_for_good() {
+    // tiny_http 0.12.17 deadlocks the thread reading such a head; the slot must come back.
+    let server = TestServer::builder()
+        .env("MAX_CONNECTIONS", "2")
+        .env("HTTP_IDLE_TIMEOUT_SECONDS", "1")
+        .start();
+    let stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = connect(server.addr);
+            stream
+                .write_all(b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "a connection slot is served again",
+        || {
+            let (response, _) = exchange(server.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+            (response.status == 200).then_some(())
+        },
+    );
+    drop(stuck);
+    assert_intact(&server, &[]);
 }
 
 #[test]
@@ -301,6 +385,7 @@ fn connections_beyond_max_connections_are_refused_with_503_until_a_slot_frees() 
     let (response, mut stream) = exchange(server.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_error(&response, 503, "too_many_connections");
     assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.header("connection"), Some("close"));
     closed_without_more(&mut stream).unwrap();
     held.pop();
     eventually(Duration::from_secs(10), "a freed slot serves again", || {

@@ -4,6 +4,7 @@
 //! sent after it is never read as a request.
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -13,8 +14,10 @@ use crate::error::{Error, Result};
 use crate::http::auth;
 use crate::http::framing::{self, Body, Head};
 use crate::http::handlers::AppState;
+use crate::http::pool::Watch;
 use crate::http::response::ApiResponse;
 use crate::http::routes;
+use crate::http::socket;
 
 /// Whether the connection may carry another request.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,9 +29,20 @@ enum Next {
 /// Serves every request the connection sends until it closes, errs, or must be closed.
 pub fn serve_connection<E: Display>(
     state: &AppState,
-    requests: impl Iterator<Item = std::result::Result<tiny_http::Request, E>>,
+    mut requests: impl Iterator<Item = std::result::Result<tiny_http::Request, E>>,
+    watch: &Watch,
 ) {
-    for received in requests {
+    loop {
+        watch.reading();
+        let received = requests.next();
+        watch.done_reading();
+        let Some(received) = received else {
+            return;
+        };
+        if watch.abandoned() {
+            debug!("closed a connection whose request head took too long");
+            return;
+        }
         match received {
             Ok(request) => {
                 if serve_request(state, request) == Next::Close {
@@ -85,17 +99,13 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
         }
     };
     let status = response.status;
-    let sent = if next == Next::Close && !tiny_reads_more(&request, body_read) {
-        let head_only = *request.method() == tiny_http::Method::Head;
-        response.write_closing(&mut request.into_writer(), head_only)
-    } else {
-        // tiny_http reads what is left of a body when the request is dropped, and
-        // `into_writer` drops it before we could write: answer first, without the
-        // `Connection: close` tiny_http will not send; the connection closes all the same.
-        request.respond(response.into_tiny())
-    };
-    if let Err(err) = sent {
-        debug!("could not send a response: {err}");
+    match next {
+        Next::Close => answer_and_close(request, response, body_read, state.local_addr),
+        Next::KeepAlive => {
+            if let Err(err) = request.respond(response.into_tiny()) {
+                debug!("could not send a response: {err}");
+            }
+        }
     }
     if let Some(line) = line {
         info!(
@@ -106,16 +116,44 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
     next
 }
 
-/// Whether tiny_http still has body bytes to read (and discard) for this request: it
-/// buffers none of a body we did not read unless it declared at most 1 KiB (0.12.17).
-fn tiny_reads_more(request: &tiny_http::Request, body_read: bool) -> bool {
-    if body_read {
-        return false;
+/// Answers a request after which the connection is closed. `Connection: close` says so, but
+/// tiny_http's `Response` drops that header, so the answer goes to the raw writer; and when
+/// tiny_http still has body bytes to discard, which it does as the request is dropped (before a
+/// raw writer could be written to), the answer goes out without the header instead.
+///
+/// A body tiny_http would discard is cut off first: the socket's reading side is shut, so the
+/// discard ends at once, however long the client would keep sending.
+pub fn answer_and_close(
+    request: tiny_http::Request,
+    response: ApiResponse,
+    body_read: bool,
+    local: SocketAddr,
+) {
+    let cut_off = || {
+        request
+            .remote_addr()
+            .is_some_and(|peer| socket::stop_reading(local.port(), *peer))
+    };
+    let sent = if body_read || !discards_on_drop(&request) || cut_off() {
+        let head_only = *request.method() == tiny_http::Method::Head;
+        response.write_closing(&mut request.into_writer(), head_only)
+    } else {
+        request.respond(response.into_tiny())
+    };
+    if let Err(err) = sent {
+        debug!("could not send a response: {err}");
     }
-    match request.body_length() {
-        Some(length) => length > 0,
-        None => request.headers().get("Transfer-Encoding").is_some(),
-    }
+}
+
+/// Whether dropping the request makes tiny_http (0.12.17) read and discard the rest of its
+/// body: it does for a `Content-Length` over 1 KiB, or any with `Expect: 100-continue`, when
+/// the body was not read to its end. Smaller bodies it has buffered already; chunked and
+/// upgrade requests are refused before their bodies are touched, and those it never drains.
+fn discards_on_drop(request: &tiny_http::Request) -> bool {
+    let expects_continue = request.headers().get("Expect").is_some();
+    request
+        .body_length()
+        .is_some_and(|length| length > 1024 || (length > 0 && expects_continue))
 }
 
 /// Runs a handler so that an error becomes its JSON response and a panic becomes a JSON 500;

@@ -23,8 +23,6 @@ pub enum Body {
     Empty,
     /// Exactly this many bytes follow the head.
     Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
 }
 
 /// The head as this module needs it: the target and every header field in order.
@@ -118,14 +116,28 @@ pub fn check(head: &Head<'_>) -> Result<Body> {
             .map(|(_, value)| value.as_str())
             .collect()
     };
+    // tiny_http hands an upgrade request the raw socket as its body, past any length.
+    if named("Connection")
+        .iter()
+        .any(|value| value.to_ascii_lowercase().contains("upgrade"))
+    {
+        return Err(Error::BadRequest(
+            "connection upgrades are not supported".into(),
+        ));
+    }
     let lengths = named("Content-Length");
     let codings = named("Transfer-Encoding");
     match (lengths.as_slice(), codings.as_slice()) {
         ([], []) => Ok(Body::Empty),
         ([length], []) => content_length(length).map(Body::Length),
-        ([], [coding]) if coding.trim().eq_ignore_ascii_case("chunked") => Ok(Body::Chunked),
+        // tiny_http's chunked decoder reads a chunk-size line without any bound, so a chunked
+        // body could grow memory without end: bodies must declare their length.
+        ([], [coding]) if coding.trim().eq_ignore_ascii_case("chunked") => {
+            Err(Error::LengthRequired)
+        }
         ([], [coding]) => Err(Error::BadRequest(format!(
-            "Transfer-Encoding {coding:?} is not supported; send chunked or a Content-Length"
+            "Transfer-Encoding {:?} is not supported; send the body with a Content-Length",
+            shorten(coding)
         ))),
         ([], _) => Err(Error::BadRequest(
             "the request has more than one Transfer-Encoding header".into(),
@@ -205,15 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn chunked_bodies_need_a_length_and_upgrades_are_refused() {
+        assert!(matches!(
+            check(&head(&[("Transfer-Encoding", "chunked")])),
+            Err(Error::LengthRequired)
+        ));
+        let upgrade = head(&[("Connection", "Upgrade"), ("Content-Length", "1")]);
+        assert_eq!(code(check(&upgrade)), "bad_request");
+    }
+
+    #[test]
     fn plain_framing_is_accepted() {
         assert_eq!(check(&head(&[])).unwrap(), Body::Empty);
         assert_eq!(
             check(&head(&[("content-length", " 12 ")])).unwrap(),
             Body::Length(12)
-        );
-        assert_eq!(
-            check(&head(&[("Transfer-Encoding", "Chunked")])).unwrap(),
-            Body::Chunked
         );
     }
 

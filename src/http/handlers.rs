@@ -35,6 +35,8 @@ pub struct AppState {
     pub body_patience: std::time::Duration,
     /// `API_TOKEN`, when set.
     pub api_token: Option<String>,
+    /// The listening address: with a client's address it names a connection's socket.
+    pub local_addr: std::net::SocketAddr,
     /// Set once shutdown begins; from then on every request is answered 503.
     pub shutting_down: AtomicBool,
     /// Requests being answered, so shutdown can wait for them.

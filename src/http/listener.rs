@@ -101,7 +101,7 @@ pub fn accept_loop<C>(
             Ok(None) => {}
             Err(_) if stopped(stop, Duration::ZERO) => return Ok(()),
             Err(err) => match classify(&err) {
-                AcceptError::Passing => {}
+                AcceptError::Passing => exhausted_since = None,
                 AcceptError::Exhausted => {
                     let since = *exhausted_since.get_or_insert_with(|| {
                         warn!("cannot accept connections: {err}; retrying");

@@ -15,6 +15,7 @@ mod pool;
 mod request;
 mod response;
 mod routes;
+mod socket;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,7 +35,7 @@ use crate::store::Store;
 use crate::worker::Waker;
 use handlers::AppState;
 use in_flight::InFlight;
-use pool::{ConnectionPool, Handoff};
+use pool::{ConnectionPool, Handoff, Patience};
 use response::ApiResponse;
 
 /// Connection threads kept ready (named `http-N`). A submit waits for its group commit, and
@@ -46,6 +47,11 @@ pub const HANDLER_THREADS: usize = 64;
 /// Connections beyond `MAX_CONNECTIONS` that are read and answered `503` at once; past this
 /// many such refusals in progress, further connections are closed without an answer.
 const MAX_REFUSALS: usize = 16;
+
+/// A connection may spend this many idle timeouts inside one request head's reading before
+/// its slot is given away when another connection needs one: a silent connection ends after
+/// one, so only a head trickled in (or one tiny_http deadlocks on) lasts this long.
+const HEAD_PATIENCE_IDLE_TIMEOUTS: u32 = 2;
 
 /// Descriptors the process needs besides its connections: the database, its journal, the
 /// listener, function pipes.
@@ -90,18 +96,29 @@ impl HttpServer {
             max_body_bytes: config.max_body_bytes,
             body_patience: config.http_idle_timeout,
             api_token: config.api_token.clone(),
+            local_addr,
             shutting_down: AtomicBool::new(false),
             in_flight: InFlight::default(),
         });
         let serving = Arc::clone(&state);
+        let (stop_accepting, stop) = bounded::<()>(1);
+        let (report_failure, failed) = bounded::<String>(1);
+        let stuck_failure = report_failure.clone();
+        let patience = Patience {
+            head: config.http_idle_timeout * HEAD_PATIENCE_IDLE_TIMEOUTS,
+            max_abandoned: max_connections,
+            give_up: Box::new(move |why| {
+                error!("giving up serving: {why}");
+                let _ = stuck_failure.try_send(why);
+            }),
+        };
         let pool = ConnectionPool::start(
             max_connections,
             HANDLER_THREADS.min(max_connections),
-            move |connection| exchange::serve_connection(&serving, connection),
+            patience,
+            move |connection, watch| exchange::serve_connection(&serving, connection, watch),
         )
         .map_err(|err| Error::Startup(format!("cannot start connection threads: {err}")))?;
-        let (stop_accepting, stop) = bounded::<()>(1);
-        let (report_failure, failed) = bounded::<String>(1);
         let tiny_listener = tiny_http::Listener::from(socket);
         let tls = tiny_http::SslContextWrap::build_ssl_capabilities(None)
             .map_err(|err| Error::Startup(format!("cannot set up the listener: {err}")))?;
@@ -115,13 +132,13 @@ impl HttpServer {
                     |listener| tiny_http::Server::accept_connection(listener, &tls),
                     |connection| {
                         if let Handoff::Full(connection) = pool.dispatch(connection) {
-                            refuse(connection, max_connections, &refusals);
+                            refuse(connection, max_connections, &refusals, local_addr);
                         }
                     },
                 );
                 if let Err(err) = ended {
                     error!("the HTTP server stopped accepting connections: {err}");
-                    let _ = report_failure.send(err.to_string());
+                    let _ = report_failure.try_send(err.to_string());
                 }
             })
             .map_err(|err| Error::Startup(format!("cannot start the accept thread: {err}")))?;
@@ -187,7 +204,7 @@ impl HttpServer {
 
 /// Answers a connection beyond `MAX_CONNECTIONS` with a `503` on a short-lived thread, so a
 /// client learns why; more than `MAX_REFUSALS` at once are closed unanswered.
-fn refuse<C, E>(connection: C, limit: usize, refusals: &Arc<AtomicUsize>)
+fn refuse<C, E>(connection: C, limit: usize, refusals: &Arc<AtomicUsize>, local: SocketAddr)
 where
     C: Iterator<Item = std::result::Result<tiny_http::Request, E>> + Send + 'static,
 {
@@ -202,9 +219,8 @@ where
     let spawned = thread::Builder::new().name("refuse".into()).spawn(move || {
         let mut connection = connection;
         if let Some(Ok(request)) = connection.next() {
-            let response = ApiResponse::from_error(&Error::TooManyConnections { limit })
-                .with_header("Connection", "close".into());
-            let _ = request.respond(response.into_tiny());
+            let response = ApiResponse::from_error(&Error::TooManyConnections { limit });
+            exchange::answer_and_close(request, response, false, local);
         }
         refusing.fetch_sub(1, Ordering::AcqRel);
     });

@@ -34,7 +34,7 @@ pub fn read_json_body(
     let limit = limits.max_bytes;
     let declared = match framing {
         Body::Length(length) => Some(*length),
-        Body::Empty | Body::Chunked => None,
+        Body::Empty => None,
     };
     if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
         return Err(Error::PayloadTooLarge { limit });
@@ -64,6 +64,13 @@ pub fn read_json_body(
             return Err(Error::PayloadTooLarge { limit });
         }
         body.extend_from_slice(&chunk[..read]);
+    }
+    // tiny_http ends a body at the end of the connection, declared length or not.
+    if let Some(declared) = declared.filter(|declared| *declared != body.len() as u64) {
+        return Err(Error::BadRequest(format!(
+            "the connection ended after {} of the {declared} body bytes declared",
+            body.len()
+        )));
     }
     *body_read = true;
     parse_json(&body)

@@ -172,6 +172,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::BadRequest(_) => (400, "bad_request"),
         Error::Unauthorized(_) => (401, "unauthorized"),
         Error::RequestTimeout(_) => (408, "request_timeout"),
+        Error::LengthRequired => (411, "length_required"),
         Error::UriTooLong { .. } => (414, "uri_too_long"),
         Error::HeaderTooLarge(_) => (431, "header_too_large"),
         Error::TooManyConnections { .. } => (503, "too_many_connections"),
