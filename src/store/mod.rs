@@ -12,6 +12,7 @@ mod group_commit;
 mod reply;
 mod row;
 mod schema;
+mod sqlite_error;
 #[cfg(test)]
 pub(crate) mod test_dir;
 mod write_health;
@@ -20,10 +21,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::Durability;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit, Writer};
@@ -648,19 +649,13 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
 /// `err` from opening `path`, as `DatabaseUnusable` when the file is what is wrong (as opposed
 /// to, say, a full disk), with the reason in words where SQLite's would puzzle.
 fn unusable_file(path: &Path, err: Error) -> Error {
-    let Error::Database(rusqlite::Error::SqliteFailure(failure, message)) = &err else {
+    let Error::Storage {
+        kind: StorageFailure::CannotOpen | StorageFailure::Unusable | StorageFailure::ReadOnly,
+        detail,
+    } = &err
+    else {
         return err;
     };
-    let about_the_file = matches!(
-        failure.code,
-        ErrorCode::CannotOpen
-            | ErrorCode::NotADatabase
-            | ErrorCode::PermissionDenied
-            | ErrorCode::ReadOnly
-    );
-    if !about_the_file {
-        return err;
-    }
     let parent = match path.parent() {
         Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
         Some(parent) => parent,
@@ -676,7 +671,7 @@ fn unusable_file(path: &Path, err: Error) -> Error {
     } else if !parent.is_dir() {
         format!("{} is not a directory", parent.display())
     } else {
-        message.clone().unwrap_or_else(|| failure.to_string())
+        detail.clone()
     };
     Error::DatabaseUnusable(format!(
         "cannot open the database file {}: {reason}",
