@@ -1,5 +1,9 @@
 //! The crate's one error type. Each variant says when it happens; the HTTP layer maps every
 //! variant to a status and a stable `code` string in exactly one place (`http::response`).
+//!
+//! A database's own errors never cross the store's boundary: the store turns them into
+//! [`Error::Storage`], whose [`StorageFailure`] says what happened in terms any backend can
+//! report and any caller can act on.
 
 use std::fmt;
 
@@ -47,8 +51,12 @@ pub enum Error {
     /// A submit found `limit` jobs pending already (`MAX_PENDING_JOBS`); nothing was stored.
     /// The client should try again later, when workers have taken some.
     QueueFull { limit: u64 },
-    /// SQLite failed. The detail is logged, never sent to a client.
-    Database(rusqlite::Error),
+    /// The database failed; `kind` says how. The detail (the database's own message) is
+    /// logged, never sent to a client.
+    Storage {
+        kind: StorageFailure,
+        detail: String,
+    },
     /// A stored row could not be understood (for example an unknown status string).
     CorruptRow(String),
     /// A bug: a handler panicked or an invariant broke. The detail is logged, never sent.
@@ -71,6 +79,35 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the database failed, in terms of what can be done about it rather than a driver's codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFailure {
+    /// Another connection held the database for longer than the store waits (busy, locked).
+    Busy,
+    /// The disk is full: nothing more can be written until space is freed.
+    Full,
+    /// The device failed to read or write.
+    Io,
+    /// The database can be read but not written (a read-only file, directory or mount).
+    ReadOnly,
+    /// The database cannot be opened (its directory is missing, it is a directory, ...).
+    CannotOpen,
+    /// The file is not a database, or this process is denied access to it.
+    Unusable,
+    /// Anything else: a statement the database refused or a value it could not convert, so a
+    /// bug in the server or a damaged database.
+    Other,
+}
+
+impl StorageFailure {
+    /// Busy, unreadable, unwritable or full: conditions that pass, or that an operator fixes,
+    /// rather than bugs. A client may try again later.
+    pub fn is_outage(self) -> bool {
+        use StorageFailure::*;
+        matches!(self, Busy | Full | Io | ReadOnly | CannotOpen)
+    }
+}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,16 +151,10 @@ impl fmt::Display for Error {
                 f,
                 "the queue is full: {limit} jobs are pending (MAX_PENDING_JOBS); try again later"
             ),
-            Error::Database(err) => write!(f, "database error: {err}"),
+            Error::Storage { detail, .. } => write!(f, "database error: {detail}"),
             Error::Config { variable, message } => write!(f, "{variable}: {message}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
-
-impl From<rusqlite::Error> for Error {
-    fn from(err: rusqlite::Error) -> Self {
-        Error::Database(err)
-    }
-}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::{select, Receiver};
 use log::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::executor::FunctionRunner;
 use crate::functions::Functions;
@@ -17,7 +17,7 @@ use crate::http::HttpServer;
 use crate::process::ProcessGroups;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
-use crate::store::Store;
+use crate::store::{Store, SyncMode};
 use crate::worker::{self, WorkerPool};
 
 /// How long the end of shutdown waits for HTTP handler threads to finish what they are doing.
@@ -41,7 +41,7 @@ pub fn run(
 ) -> Result<Exit> {
     let store = Arc::new(Store::open(
         &config.database_path,
-        config.durability,
+        sync_mode(config.durability),
         config.max_pending_jobs,
     )?);
     let retry = RetryPolicy {
@@ -120,4 +120,12 @@ pub fn run(
     }
     info!("stopped");
     Ok(Exit::Graceful)
+}
+
+/// `DURABILITY` in the store's terms.
+fn sync_mode(durability: Durability) -> SyncMode {
+    match durability {
+        Durability::Full => SyncMode::EveryCommit,
+        Durability::Normal => SyncMode::Deferred,
+    }
 }

@@ -60,7 +60,7 @@ impl ApiResponse {
     pub fn from_error(error: &Error) -> ApiResponse {
         let (status, code) = status_and_code(error);
         let message = match error {
-            Error::Database(_)
+            Error::Storage { .. }
             | Error::CorruptRow(_)
             | Error::Internal(_)
             | Error::Startup(_)
@@ -176,8 +176,8 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::UriTooLong { .. } => (414, "uri_too_long"),
         Error::HeaderTooLarge(_) => (431, "header_too_large"),
         Error::TooManyConnections { .. } => (503, "too_many_connections"),
-        Error::Database(err) if database_unavailable(err) => (503, "unavailable"),
-        Error::Database(_)
+        Error::Storage { kind, .. } if kind.is_outage() => (503, "unavailable"),
+        Error::Storage { .. }
         | Error::CorruptRow(_)
         | Error::Internal(_)
         | Error::Config { .. }
@@ -187,19 +187,10 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
     }
 }
 
-/// Busy, locked, unreadable or full: conditions that pass, or that an operator fixes, rather
-/// than bugs.
-fn database_unavailable(err: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    matches!(
-        err.sqlite_error_code(),
-        Some(DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull | ReadOnly)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::StorageFailure;
 
     fn envelope(error: Error) -> (u16, serde_json::Value) {
         let response = ApiResponse::from_error(&error);
@@ -215,17 +206,32 @@ mod tests {
         assert!(!body.to_string().contains("secret"));
     }
 
+    fn storage(kind: StorageFailure) -> Error {
+        Error::Storage {
+            kind,
+            detail: "secret detail".into(),
+        }
+    }
+
     #[test]
     fn a_busy_database_is_unavailable_not_a_bug() {
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        );
-        let (status, body) = envelope(Error::Database(busy));
+        let (status, body) = envelope(storage(StorageFailure::Busy));
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (503, Some("unavailable"))
         );
+        assert_eq!(
+            body["error"]["message"],
+            "the database is not answering; try again shortly"
+        );
+    }
+
+    #[test]
+    fn a_database_error_that_is_no_outage_is_internal_and_hidden() {
+        let (status, body) = envelope(storage(StorageFailure::Other));
+        assert_eq!(status, 500);
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(!body.to_string().contains("secret"));
     }
 
     #[test]

@@ -36,11 +36,11 @@ use std::ops::Deref;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 
 use super::reply::{reply_slot, Message};
 use super::write_health::WriteHealth;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 
 /// Runs a queued write against the batch's transaction (`None` if there is none to run in) and
 /// returns how to deliver the write's result once the commit's fate is known.
@@ -292,11 +292,11 @@ fn run_batch(
     let transaction = match Transaction::begin(connection) {
         Ok(transaction) => transaction,
         Err(err) => {
+            log::error!("cannot begin a write transaction: {err}");
             let message = format!(
                 "the database could not start a transaction: {}",
-                describe(&err)
+                describe(&err.into())
             );
-            log::error!("cannot begin a write transaction: {err}");
             health.failed(&message, Instant::now());
             let deliveries = batch
                 .into_iter()
@@ -367,7 +367,7 @@ fn run_batch(
         transaction
             .commit()
             .err()
-            .map(|err| format!("the database could not commit: {}", describe(&err)))
+            .map(|err| format!("the database could not commit: {}", describe(&err.into())))
     };
     log::trace!(
         "committed {} write(s) in {:?}",
@@ -413,27 +413,25 @@ fn run_batch(
 /// The message for an error of the storage itself, which the caller cannot fix by changing its
 /// request; `None` for any other error.
 fn storage_failure(err: &Error) -> Option<String> {
-    let Error::Database(err) = err else {
-        return None;
-    };
-    match err.sqlite_error_code() {
-        Some(
-            ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::ReadOnly
-            | ErrorCode::CannotOpen,
-        ) => Some(format!("the database cannot write: {}", describe(err))),
+    use StorageFailure::*;
+    match err {
+        Error::Storage {
+            kind: Full | Io | ReadOnly | CannotOpen,
+            ..
+        } => Some(format!("the database cannot write: {}", describe(err))),
         _ => None,
     }
 }
 
-/// An SQLite error in words a client can act on.
-fn describe(err: &rusqlite::Error) -> String {
-    match err.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => {
-            "the disk is full; nothing can be stored until space is freed".to_string()
-        }
-        _ => err.to_string(),
+/// A storage error in words a client can act on.
+fn describe(err: &Error) -> String {
+    match err {
+        Error::Storage {
+            kind: StorageFailure::Full,
+            ..
+        } => "the disk is full; nothing can be stored until space is freed".to_string(),
+        Error::Storage { detail, .. } => detail.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -634,7 +632,13 @@ mod tests {
                 Ok(c.execute("INSERT INTO t (n) VALUES (1)", [])?)
             })
         });
-        assert!(matches!(duplicate, Err(Error::Database(_))));
+        assert!(matches!(
+            duplicate,
+            Err(Error::Storage {
+                kind: StorageFailure::Other,
+                ..
+            })
+        ));
         assert_eq!(count(&commit), 1);
     }
 

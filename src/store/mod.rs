@@ -1,5 +1,6 @@
 //! The SQLite store: the queue of record. Owns every SQL statement, the schema and its
-//! migrations. Knows the job model and SQLite; never HTTP.
+//! migrations. Knows the job model and SQLite; never HTTP, nor the configuration: the caller
+//! passes plain values (`SyncMode`, the pending limit).
 //!
 //! Two connections to one WAL database: every write goes through the mutex-guarded write
 //! connection in group-committed batches (`group_commit`), and reads use their own
@@ -12,6 +13,7 @@ mod group_commit;
 mod reply;
 mod row;
 mod schema;
+mod sqlite_error;
 #[cfg(test)]
 pub(crate) mod test_dir;
 mod write_health;
@@ -20,10 +22,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::config::Durability;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit, Writer};
@@ -121,6 +122,16 @@ const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         run_at = coalesce(?6, run_at)
      WHERE seq = ?1 AND status = 'running' AND started_at IS ?7";
 
+/// When a commit reaches the disk: the caller's trade between durability and speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every commit is synced before it is acknowledged: acknowledged jobs survive power loss.
+    EveryCommit,
+    /// Commits are synced later (SQLite: at checkpoints): acknowledged jobs survive a crash of
+    /// the process, but the last ones may be lost if the machine loses power.
+    Deferred,
+}
+
 pub struct Store {
     writes: GroupCommit,
     /// The read connection; the lock makes its statements one at a time.
@@ -157,22 +168,18 @@ impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date. A file
     /// that cannot be a database is `DatabaseUnusable`, saying why. A submit that would make
     /// more than `max_pending_jobs` jobs pending is refused (0: no limit).
-    pub fn open(path: &Path, durability: Durability, max_pending_jobs: u64) -> Result<Store> {
-        Store::open_connections(path, durability, max_pending_jobs)
+    pub fn open(path: &Path, sync: SyncMode, max_pending_jobs: u64) -> Result<Store> {
+        Store::open_connections(path, sync, max_pending_jobs)
             .map_err(|err| unusable_file(path, err))
     }
 
-    fn open_connections(
-        path: &Path,
-        durability: Durability,
-        max_pending_jobs: u64,
-    ) -> Result<Store> {
+    fn open_connections(path: &Path, sync: SyncMode, max_pending_jobs: u64) -> Result<Store> {
         let open = || Connection::open(path);
         let mut writer = open()?;
-        configure(&writer, durability)?;
+        configure(&writer, sync)?;
         schema::migrate(&mut writer)?;
         let reader = open()?;
-        configure(&reader, durability)?;
+        configure(&reader, sync)?;
         reader.pragma_update(None, "query_only", true)?;
         let pending: u64 = writer.query_row(COUNT_PENDING, [], |row| row.get(0))?;
         Ok(Store {
@@ -629,7 +636,7 @@ impl Finish {
 /// Per-connection settings. WAL lets the reader run beside the writer. `FULL` syncs the WAL on
 /// every commit, so an acknowledged job survives power loss; `NORMAL` syncs only at
 /// checkpoints, so it survives a process crash but may lose the last commits on power loss.
-fn configure(connection: &Connection, durability: Durability) -> Result<()> {
+fn configure(connection: &Connection, sync: SyncMode) -> Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -637,9 +644,9 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
             "the database refused WAL mode (journal_mode is {mode})"
         )));
     }
-    let synchronous = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
+    let synchronous = match sync {
+        SyncMode::EveryCommit => "FULL",
+        SyncMode::Deferred => "NORMAL",
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
     Ok(())
@@ -648,19 +655,13 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
 /// `err` from opening `path`, as `DatabaseUnusable` when the file is what is wrong (as opposed
 /// to, say, a full disk), with the reason in words where SQLite's would puzzle.
 fn unusable_file(path: &Path, err: Error) -> Error {
-    let Error::Database(rusqlite::Error::SqliteFailure(failure, message)) = &err else {
+    let Error::Storage {
+        kind: StorageFailure::CannotOpen | StorageFailure::Unusable | StorageFailure::ReadOnly,
+        detail,
+    } = &err
+    else {
         return err;
     };
-    let about_the_file = matches!(
-        failure.code,
-        ErrorCode::CannotOpen
-            | ErrorCode::NotADatabase
-            | ErrorCode::PermissionDenied
-            | ErrorCode::ReadOnly
-    );
-    if !about_the_file {
-        return err;
-    }
     let parent = match path.parent() {
         Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
         Some(parent) => parent,
@@ -676,7 +677,7 @@ fn unusable_file(path: &Path, err: Error) -> Error {
     } else if !parent.is_dir() {
         format!("{} is not a directory", parent.display())
     } else {
-        message.clone().unwrap_or_else(|| failure.to_string())
+        detail.clone()
     };
     Error::DatabaseUnusable(format!(
         "cannot open the database file {}: {reason}",
@@ -708,7 +709,7 @@ mod tests {
 
     fn temp_store() -> TempStore {
         let dir = test_dir::TestDir::new("store");
-        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full, 0).unwrap();
+        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
         TempStore { store, dir }
     }
 
@@ -1047,7 +1048,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let store = Store::open(&path, Durability::Full, 0).unwrap();
+        let store = Store::open(&path, SyncMode::EveryCommit, 0).unwrap();
         let version: i64 = store
             .read()
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -1117,14 +1118,15 @@ mod tests {
         // A refused write leaves the count alone.
         assert!(store.retry("a", at(10)).is_err());
         assert_eq!(pending_counts(&store), (1, 1));
-        let reopened = Store::open(&store.dir.path().join("jobs.db"), Durability::Full, 0).unwrap();
+        let reopened =
+            Store::open(&store.dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
         assert_eq!(pending_counts(&reopened), (1, 1));
     }
 
     #[test]
     fn a_submit_beyond_the_pending_limit_stores_nothing() {
         let dir = test_dir::TestDir::new("store-limit");
-        let store = Store::open(&dir.path().join("jobs.db"), Durability::Full, 2).unwrap();
+        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 2).unwrap();
         let now = Timestamp::from_micros(1);
         store.insert("a".into(), &new_job(0, None), now).unwrap();
         store.insert("b".into(), &new_job(0, None), now).unwrap();
@@ -1142,7 +1144,7 @@ mod tests {
     #[test]
     fn a_path_that_cannot_be_a_database_says_why() {
         let dir = test_dir::TestDir::new("store");
-        let reason = |path: &Path| match Store::open(path, Durability::Full, 0) {
+        let reason = |path: &Path| match Store::open(path, SyncMode::EveryCommit, 0) {
             Err(Error::DatabaseUnusable(message)) => message,
             Err(other) => panic!(
                 "{}: expected DatabaseUnusable, got {other:?}",
@@ -1186,7 +1188,7 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         assert!(matches!(
-            Store::open(&path, Durability::Full, 0),
+            Store::open(&path, SyncMode::EveryCommit, 0),
             Err(Error::Startup(_))
         ));
     }
