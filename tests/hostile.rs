@@ -346,6 +346,7 @@ fn slow_and_stalled_clients_do_not_delay_anyone_else() {
     // 64 connections trickling their head, one byte at a time.
     let mut tricklers: Vec<TcpStream> = (0..64).map(|_| connect(server.addr)).collect();
     let head = b"POST /jobs HTTP/1.1\r\nHost: x\r\n";
+    let mut took = Vec::new();
     for round in 0..3 {
         for trickler in &mut tricklers {
             trickler.write_all(&head[round..=round]).unwrap();
@@ -359,12 +360,17 @@ fn slow_and_stalled_clients_do_not_delay_anyone_else() {
                 &[("Content-Type", "application/json")],
                 Some(br#"{"payload": {}, "delay_seconds": 3600}"#),
             );
-            let took = started.elapsed();
+            took.push(started.elapsed());
             assert_eq!(response.status, 201, "{}", response.text());
-            assert!(took < Duration::from_secs(1), "a submit took {took:?}");
             acknowledged.push(response.json()["job_id"].as_str().unwrap().to_string());
         }
     }
+    // Held up by those clients, a submit would wait for an idle timeout (30 s) or more; on a
+    // machine busy with other tests one may still take a second or so for its disk sync, so
+    // the typical submit must be fast and none may come near a timeout.
+    took.sort();
+    assert!(took[took.len() / 2] < Duration::from_secs(1), "{took:?}");
+    assert!(took[took.len() - 1] < Duration::from_secs(5), "{took:?}");
     assert_intact(&server, &acknowledged);
     drop(stalled);
     drop(tricklers);
