@@ -1,5 +1,6 @@
-//! Start-up and the one shutdown sequence. `run` opens the store, recovers interrupted jobs,
-//! starts workers and the HTTP server, then waits for a signal. The first signal starts a
+//! The composition root: start-up in order and the one shutdown sequence. `run` opens the
+//! store, recovers interrupted jobs, starts workers and the HTTP server, then waits for a
+//! signal (or for the HTTP server to report that it can no longer accept). The first signal starts a
 //! graceful drain bounded by `SHUTDOWN_GRACE_SECONDS`; a second one ends the process at once.
 
 use std::net::SocketAddr;
