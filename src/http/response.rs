@@ -10,23 +10,24 @@ use crate::error::Error;
 /// workers to take some jobs, short enough that a client does not wait for nothing.
 pub const QUEUE_FULL_RETRY_AFTER_SECONDS: u32 = 5;
 
+/// The media type of every API answer.
+pub const JSON: &str = "application/json";
+
 /// A response before it meets the socket: handlers build these, never tiny_http types.
 #[derive(Debug)]
 pub struct ApiResponse {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    /// JSON text, or `None` for an empty body (204).
+    /// The body's media type: JSON for the API, others for pages and metrics.
+    pub content_type: &'static str,
+    /// The body, or `None` for an empty one (204).
     pub body: Option<String>,
 }
 
 impl ApiResponse {
     pub fn json(status: u16, value: &impl Serialize) -> ApiResponse {
         match serde_json::to_string(value) {
-            Ok(body) => ApiResponse {
-                status,
-                headers: Vec::new(),
-                body: Some(body),
-            },
+            Ok(body) => ApiResponse::text(status, JSON, body),
             Err(err) => {
                 ApiResponse::from_error(&Error::Internal(format!("cannot encode response: {err}")))
             }
@@ -35,10 +36,16 @@ impl ApiResponse {
 
     /// A body that is JSON text already (the built-in `openapi.json`).
     pub fn json_text(status: u16, body: &str) -> ApiResponse {
+        ApiResponse::text(status, JSON, body.to_string())
+    }
+
+    /// A body of any media type, such as `text/plain; version=0.0.4` or `text/html`.
+    pub fn text(status: u16, content_type: &'static str, body: String) -> ApiResponse {
         ApiResponse {
             status,
             headers: Vec::new(),
-            body: Some(body.to_string()),
+            content_type,
+            body: Some(body),
         }
     }
 
@@ -46,6 +53,7 @@ impl ApiResponse {
         ApiResponse {
             status,
             headers: Vec::new(),
+            content_type: JSON,
             body: None,
         }
     }
@@ -97,8 +105,15 @@ impl ApiResponse {
         let has_body = self.body.is_some();
         let mut response = tiny_http::Response::from_data(self.body.unwrap_or_default())
             .with_status_code(self.status);
-        if let Some(content_type) = json_content_type().filter(|_| has_body) {
-            response.add_header(content_type);
+        if has_body {
+            let content_type = if self.content_type == JSON {
+                json_content_type()
+            } else {
+                tiny_http::Header::from_bytes("Content-Type", self.content_type).ok()
+            };
+            if let Some(content_type) = content_type {
+                response.add_header(content_type);
+            }
         }
         for (name, value) in &self.headers {
             add_header(&mut response, name, value);
@@ -120,7 +135,7 @@ impl ApiResponse {
         let body = self.body.unwrap_or_default();
         let mut head = format!("HTTP/1.1 {} {reason}\r\n", self.status);
         if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
+            head.push_str(&format!("Content-Type: {}\r\n", self.content_type));
         }
         for (name, value) in &self.headers {
             // Header values come from our own code, but a stray line break must never split them.
@@ -241,6 +256,24 @@ mod tests {
         assert_eq!(response.headers, vec![("Retry-After", "5".to_string())]);
         let (_, body) = envelope(Error::QueueFull { limit: 3 });
         assert_eq!(body["error"]["code"], "queue_full");
+    }
+
+    #[test]
+    fn a_body_of_another_media_type_keeps_its_type() {
+        let response = ApiResponse::text(200, "text/plain; version=0.0.4", "up 1\n".into());
+        let tiny = response.into_tiny();
+        let content_type = tiny
+            .headers()
+            .get("Content-Type")
+            .map(|value| value.as_str().to_string());
+        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+        let mut written = Vec::new();
+        ApiResponse::text(200, "text/html", "<p>hi</p>".into())
+            .write_closing(&mut written, false)
+            .unwrap();
+        let written = String::from_utf8(written).unwrap();
+        assert!(written.contains("Content-Type: text/html\r\n"), "{written}");
+        assert!(written.ends_with("\r\n\r\n<p>hi</p>"), "{written}");
     }
 
     #[test]
