@@ -14,8 +14,12 @@ use serde_json::Value;
 
 use crate::functions::Functions;
 use crate::job::Job;
-use crate::process;
-use crate::simulation::{Simulation, SimulationEnd};
+use simulation::{Simulation, SimulationEnd};
+
+mod process;
+pub mod simulation;
+
+pub use process::ProcessGroups;
 
 /// What running functions needs, from the configuration.
 pub struct FunctionRunner {
