@@ -12,10 +12,9 @@ use log::{error, info, warn};
 
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
-use crate::executor::FunctionRunner;
+use crate::executor::{FunctionRunner, ProcessGroups};
 use crate::functions::Functions;
 use crate::http::HttpServer;
-use crate::process::ProcessGroups;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::{Store, SyncMode};

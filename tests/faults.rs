@@ -1,6 +1,6 @@
 //! Faults the server must ride out without losing an acknowledged job: a disk that fills up
 //! under it and comes back, and attempts whose processes misbehave. (A panic inside an
-//! attempt has no trigger from outside; `worker.rs` tests it through the `Executor` seam.)
+//! attempt has no trigger from outside; `worker/pool.rs` tests it through the `Executor` seam.)
 
 mod support;
 

@@ -8,12 +8,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::executor::simulation::Simulation;
 use crate::functions::Functions;
 use crate::http::request::query_pairs;
 use crate::http::response::ApiResponse;
 use crate::job::{Job, JobDefaults, JobStatus, NewJob};
 use crate::running::RunningAttempts;
-use crate::simulation::Simulation;
 use crate::store::{Cancel, Store};
 use crate::time::Timestamp;
 use crate::worker::Waker;

@@ -1,13 +1,21 @@
 //! The simulated job: what a payload asks for (`duration_ms`, `should_fail`, `result`,
-//! `error_message`) and what it ends with. The waiting itself is the executor's, under the
-//! job's watchdog.
+//! `error_message`), what it ends with, and one attempt of it under the job's watchdog. Submit
+//! validates payloads here; the choice of simulating a job (it names no function) is
+//! `runner`'s, and what the outcome does to the job is the worker's.
+//!
+//! A simulated job's work is a wait, so the attempt runs on the worker's own thread: the wait
+//! is a `select!` on the abort channel bounded by the earlier of the job's duration and its
+//! timeout. A timed-out or interrupted attempt therefore frees its worker at the deadline,
+//! with no thread left sleeping and no hand-off between threads for a job that takes no time.
 
 use std::time::Duration;
 
+use crossbeam_channel::{select, Receiver};
 use serde_json::Value;
 
+use super::Outcome;
 use crate::error::{Error, Result};
-use crate::job::whole_number;
+use crate::job::{whole_number, Job};
 
 pub const DEFAULT_DURATION_MS: u64 = 750;
 /// A simulated job may take as long as the longest allowed timeout, no longer.
@@ -91,6 +99,40 @@ impl Simulation {
     }
 }
 
+/// Runs one attempt of a simulated job.
+pub(super) fn simulate(job: &Job, abort: &Receiver<()>, cancel: &Receiver<()>) -> Outcome {
+    let simulation = match Simulation::from_payload(&job.payload) {
+        Ok(simulation) => simulation,
+        // Stored payloads were validated at submit; this covers rows written otherwise.
+        Err(err) => return Outcome::Failed(format!("invalid payload: {err}")),
+    };
+    let timeout = job.timeout();
+    let timed_out = simulation.duration > timeout;
+    if let Some(stopped) = wait_unless_stopped(simulation.duration.min(timeout), abort, cancel) {
+        return stopped;
+    }
+    if timed_out {
+        return Outcome::TimedOut;
+    }
+    match simulation.outcome() {
+        SimulationEnd::Succeeded(result) => Outcome::Succeeded(result),
+        SimulationEnd::Failed(message) => Outcome::Failed(message),
+    }
+}
+
+/// Waits `duration`; returns how the attempt was stopped if a channel closed first.
+fn wait_unless_stopped(
+    duration: Duration,
+    abort: &Receiver<()>,
+    cancel: &Receiver<()>,
+) -> Option<Outcome> {
+    select! {
+        recv(abort) -> _ => Some(Outcome::Interrupted),
+        recv(cancel) -> _ => Some(Outcome::Cancelled),
+        default(duration) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +188,67 @@ mod tests {
             Simulation::from_payload(&json!({"should_fail": true, "error_message": "boom"}))
                 .unwrap();
         assert_eq!(failing.outcome(), SimulationEnd::Failed("boom".into()));
+    }
+}
+
+/// One attempt of a simulated job, under its watchdog.
+#[cfg(test)]
+mod attempt_tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+    use serde_json::json;
+    use std::time::Instant;
+
+    fn job(payload: Value, timeout_seconds: u32) -> Job {
+        Job::running_for_test(payload, 0, timeout_seconds)
+    }
+
+    /// A channel that never closes during the test.
+    fn open() -> (crossbeam_channel::Sender<()>, Receiver<()>) {
+        bounded::<()>(0)
+    }
+
+    #[test]
+    fn outcome_follows_the_payload() {
+        let ((_a, abort), (_c, cancel)) = (open(), open());
+        let ok = job(json!({"duration_ms": 0, "result": [1]}), 5);
+        assert_eq!(
+            simulate(&ok, &abort, &cancel),
+            Outcome::Succeeded(json!([1]))
+        );
+        let failing = job(
+            json!({"duration_ms": 0, "should_fail": true, "error_message": "no"}),
+            5,
+        );
+        assert_eq!(
+            simulate(&failing, &abort, &cancel),
+            Outcome::Failed("no".into())
+        );
+    }
+
+    #[test]
+    fn the_timeout_ends_the_attempt_at_the_deadline() {
+        let ((_a, abort), (_c, cancel)) = (open(), open());
+        let started = Instant::now();
+        let slow = job(json!({"duration_ms": 60_000}), 1);
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::TimedOut);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
+            "{elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_channel_stops_the_attempt_at_once() {
+        let slow = job(json!({"duration_ms": 60_000}), 120);
+        let ((stop, abort), (_c, cancel)) = (open(), open());
+        drop(stop);
+        let started = Instant::now();
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::Interrupted);
+        let ((_a, abort), (stop, cancel)) = (open(), open());
+        drop(stop);
+        assert_eq!(simulate(&slow, &abort, &cancel), Outcome::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

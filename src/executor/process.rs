@@ -9,6 +9,10 @@
 //! keeps a pipe open, and the attempt joins them. The thread waiting for the child is joined
 //! once the child is reaped, which the group's SIGKILL bounds. However an attempt ends (a
 //! panic included), its process group is killed and its working directory removed.
+//!
+//! It owns the child's whole life and [`FunctionRunner`], what running functions needs from
+//! the configuration. Which jobs run as functions is `runner`'s choice, which files are
+//! functions is `functions`'s, and what the outcome does to the job is the worker's.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs;
@@ -30,9 +34,21 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::executor::{Details, FunctionRunner, Outcome};
+use super::{Details, Outcome};
+use crate::functions::Functions;
 use crate::job::Job;
 use crate::time::Timestamp;
+
+/// What running functions needs, from the configuration.
+pub struct FunctionRunner {
+    pub functions: Functions,
+    pub max_output: usize,
+    pub kill_grace: Duration,
+    /// `PATH` and the passed-through variables, as the server had them at start.
+    pub env: Vec<(String, String)>,
+    /// The groups of the functions running now.
+    pub groups: Arc<ProcessGroups>,
+}
 
 /// How much of stderr an attempt keeps: the end, where the error usually is.
 const STDERR_TAIL_BYTES: usize = 64 * 1024;
