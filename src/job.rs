@@ -195,6 +195,23 @@ pub enum AttemptEnd {
     },
 }
 
+impl AttemptEnd {
+    /// The terminal status the job ends in, or `None` when this end puts it back in the queue
+    /// (a scheduled retry, a release).
+    pub fn final_status(&self) -> Option<JobStatus> {
+        match self {
+            AttemptEnd::Succeeded { .. } => Some(JobStatus::Success),
+            AttemptEnd::Failed { retry_at: None, .. } => Some(JobStatus::Failed),
+            AttemptEnd::TimedOut { .. } => Some(JobStatus::Timeout),
+            AttemptEnd::Cancelled { .. } => Some(JobStatus::Cancelled),
+            AttemptEnd::Failed {
+                retry_at: Some(_), ..
+            }
+            | AttemptEnd::Released { .. } => None,
+        }
+    }
+}
+
 /// The defaults a submit request falls back to, taken from the configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct JobDefaults {
@@ -553,5 +570,35 @@ mod tests {
         }
         assert!("done".parse::<JobStatus>().is_err());
         assert!(JobStatus::Timeout.is_terminal() && !JobStatus::Pending.is_terminal());
+    }
+
+    #[test]
+    fn an_attempt_end_is_final_unless_it_puts_the_job_back_in_the_queue() {
+        let failed = |retry_at| AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at,
+        };
+        let reason = || "why".to_string();
+        let ends = [
+            (
+                AttemptEnd::Succeeded { result: json!(1) },
+                Some(JobStatus::Success),
+            ),
+            (failed(None), Some(JobStatus::Failed)),
+            (failed(Some(Timestamp::from_micros(1))), None),
+            (
+                AttemptEnd::TimedOut { error: reason() },
+                Some(JobStatus::Timeout),
+            ),
+            (
+                AttemptEnd::Cancelled { reason: reason() },
+                Some(JobStatus::Cancelled),
+            ),
+            (AttemptEnd::Released { reason: reason() }, None),
+        ];
+        for (end, status) in ends {
+            assert_eq!(end.final_status(), status, "{end:?}");
+            assert!(status.is_none_or(JobStatus::is_terminal));
+        }
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! The crate is a library with a thin binary (`main.rs`). [`run`] wires the pieces together:
 //! the SQLite [`store`] is the queue of record, the [`worker`] pool claims due jobs from it and
-//! runs them through the [`executor`], and the [`http`] layer accepts, inspects and manages jobs.
+//! runs them through the [`executor`], and the [`http`] layer accepts, inspects and manages jobs
+//! through the [`queue`], which stands between it and the store and wakes the workers.
 //! Dependencies point one way: `job`, `time` and `error` know nothing else in the crate; the store
-//! knows the model and SQLite; workers know the model and the store; only `http` knows tiny_http.
+//! knows the model and SQLite; workers know the model and the store; the queue knows the store
+//! and the workers' wake-ups; only `http` knows tiny_http, and it reaches jobs only through the
+//! queue.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -13,6 +16,7 @@ mod executor;
 mod functions;
 mod http;
 mod job;
+mod queue;
 mod retry;
 mod running;
 mod server;

@@ -1,7 +1,7 @@
 //! The attempts running right now, so that a cancel (or a delete) can stop one. A worker
 //! registers each attempt before it runs and removes it after its outcome is recorded; the
-//! HTTP layer looks an attempt up by job id and `started_at` (the attempt's token) and drops
-//! its cancel sender, which wakes the attempt's watchdog at once.
+//! queue looks an attempt up by job id and `started_at` (the attempt's token) and drops its
+//! cancel sender, which wakes the attempt's watchdog at once.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::executor::{FunctionRunner, ProcessGroups};
 use crate::functions::Functions;
 use crate::http::HttpServer;
+use crate::job::JobDefaults;
+use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::{Store, SyncMode};
@@ -70,7 +72,12 @@ pub fn run(
         Arc::clone(&running),
         runner,
     )?;
-    let server = HttpServer::start(&config, store, waker, running, functions)?;
+    let defaults = JobDefaults {
+        timeout_seconds: config.default_timeout_seconds,
+        max_retries: config.default_max_retries,
+    };
+    let queue = Queue::new(store, waker, running, functions.clone(), defaults);
+    let server = HttpServer::start(&config, queue, functions)?;
     info!(
         "listening on http://{} with {} workers, database {}",
         server.local_addr(),

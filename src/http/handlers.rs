@@ -2,34 +2,26 @@
 //! socket, so everything here can be exercised without one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::executor::simulation::Simulation;
 use crate::functions::Functions;
 use crate::http::request::query_pairs;
 use crate::http::response::ApiResponse;
-use crate::job::{Job, JobDefaults, JobStatus, NewJob};
-use crate::running::RunningAttempts;
-use crate::store::{Cancel, Store};
-use crate::time::Timestamp;
-use crate::worker::Waker;
+use crate::job::JobStatus;
+use crate::queue::{canonical_id, Cancel, Queue};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// What every handler thread shares.
 pub struct AppState {
-    pub store: Arc<Store>,
-    pub waker: Waker,
-    /// To stop a running attempt on cancel or delete.
-    pub running: Arc<RunningAttempts>,
-    /// The functions jobs can name.
+    /// What requests do to jobs.
+    pub queue: Queue,
+    /// The functions jobs can name, for `GET /functions`.
     pub functions: Functions,
-    pub defaults: JobDefaults,
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive (`HTTP_IDLE_TIMEOUT_SECONDS`).
     pub body_patience: std::time::Duration,
@@ -66,11 +58,11 @@ pub fn health(state: &AppState) -> ApiResponse {
         };
         ApiResponse::json(503, &health)
     };
-    if let Err(err) = state.store.ping() {
+    if let Err(err) = state.queue.ping() {
         log::error!("health check: the database does not answer: {err}");
         return down("unavailable");
     }
-    match state.store.writes_ok() {
+    match state.queue.writes_ok() {
         Ok(()) => ApiResponse::json(
             200,
             &Health {
@@ -94,28 +86,7 @@ struct Submitted<'a> {
 }
 
 pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
-    let now = Timestamp::now();
-    let job = NewJob::from_json(body, state.defaults, now)?;
-    match &job.function {
-        Some(name) => {
-            if state.functions.resolve(name).is_none() {
-                return Err(Error::UnknownFunction(format!(
-                    "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
-                )));
-            }
-        }
-        // Simulation keys are checked at submit so a typo fails now, not at run time.
-        None => {
-            Simulation::from_payload(&job.payload)?;
-        }
-    }
-    // Time-ordered (v7), so each new id lands at the end of the id index. Random (v4) ids put
-    // every insert on a random index page: once the index outgrew the cache, each job cost
-    // several 4 KiB WAL frames and about a third of the submit rate.
-    let id = uuid::Uuid::now_v7().to_string();
-    state.store.insert(id.clone(), &job, now)?;
-    log::info!("job {id} submitted");
-    state.waker.job_queued(job.run_at.unwrap_or(now));
+    let id = state.queue.submit(body)?;
     Ok(ApiResponse::json(
         201,
         &Submitted {
@@ -131,8 +102,7 @@ pub fn functions(state: &AppState) -> ApiResponse {
 }
 
 pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let id = canonical_id(id)?;
-    let job = state.store.get(&id)?.ok_or_else(|| not_found(&id))?;
+    let job = state.queue.get(id)?;
     Ok(ApiResponse::json(200, &job))
 }
 
@@ -172,7 +142,7 @@ pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
             }
         }
     }
-    let page = state.store.list(status, before.as_deref(), limit)?;
+    let page = state.queue.list(status, before.as_deref(), limit)?;
     let next = page.jobs.last().filter(|_| page.has_more).map(|last| {
         let status = status
             .map(|status| format!("status={status}&"))
@@ -190,63 +160,25 @@ pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
 }
 
 pub fn attempts(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let id = canonical_id(id)?;
-    let attempts = state.store.attempts(&id)?.ok_or_else(|| not_found(&id))?;
+    let attempts = state.queue.attempts(id)?;
     Ok(ApiResponse::json(200, &attempts))
 }
 
 pub fn retry(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let id = canonical_id(id)?;
-    let job = state.store.retry(&id, Timestamp::now())?;
-    log::info!(
-        "job {id} retried by request; retry budget reset to {}",
-        job.max_retries
-    );
-    state.waker.job_queued(job.run_at);
+    let job = state.queue.retry(id)?;
     Ok(ApiResponse::json(202, &job))
 }
 
 pub fn delete(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let id = canonical_id(id)?;
-    let deleted = state.store.delete(&id)?.ok_or_else(|| not_found(&id))?;
-    // The row is gone, so the stopped attempt has nothing to write back to.
-    if deleted.status == JobStatus::Running {
-        stop_attempt(state, &deleted);
-    }
-    log::info!("job {id} deleted");
+    state.queue.delete(id)?;
     Ok(ApiResponse::empty(204))
 }
 
 /// `POST /jobs/:id/cancel`: a pending job is cancelled at once (`200`); a running one is
 /// stopped and recorded `cancelled` by its worker a moment later (`202`, the job as it was).
 pub fn cancel(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let id = canonical_id(id)?;
-    match state.store.cancel(&id, Timestamp::now())? {
-        Cancel::Cancelled(job) => {
-            log::info!("job {id} cancelled before it ran");
-            Ok(ApiResponse::json(200, &job))
-        }
-        Cancel::Running(job) => {
-            stop_attempt(state, &job);
-            log::info!("job {id}: cancelling its running attempt");
-            Ok(ApiResponse::json(202, &job))
-        }
+    match state.queue.cancel(id)? {
+        Cancel::Cancelled(job) => Ok(ApiResponse::json(200, &job)),
+        Cancel::Running(job) => Ok(ApiResponse::json(202, &job)),
     }
-}
-
-fn stop_attempt(state: &AppState, job: &Job) {
-    state
-        .running
-        .cancel(&job.id, job.started_at.map(Timestamp::as_micros));
-}
-
-/// Job ids are UUIDs in lowercase hyphenated form; anything else names no job.
-fn canonical_id(id: &str) -> Result<String> {
-    uuid::Uuid::parse_str(id)
-        .map(|uuid| uuid.hyphenated().to_string())
-        .map_err(|_| not_found(id))
-}
-
-fn not_found(id: &str) -> Error {
-    Error::NotFound(format!("no job with id {id:?}"))
 }

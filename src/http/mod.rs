@@ -29,10 +29,7 @@ use log::{debug, error, warn};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::functions::Functions;
-use crate::job::JobDefaults;
-use crate::running::RunningAttempts;
-use crate::store::Store;
-use crate::worker::Waker;
+use crate::queue::Queue;
 use handlers::AppState;
 use in_flight::InFlight;
 use pool::{ConnectionPool, Handoff, Patience};
@@ -68,13 +65,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(
-        config: &Config,
-        store: Arc<Store>,
-        waker: Waker,
-        running: Arc<RunningAttempts>,
-        functions: Functions,
-    ) -> Result<HttpServer> {
+    pub fn start(config: &Config, queue: Queue, functions: Functions) -> Result<HttpServer> {
         let cannot_listen = |err: std::io::Error| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         };
@@ -85,14 +76,8 @@ impl HttpServer {
         let local_addr = socket.local_addr().map_err(cannot_listen)?;
         let wake = socket.try_clone().map_err(cannot_listen)?;
         let state = Arc::new(AppState {
-            store,
-            waker,
-            running,
+            queue,
             functions,
-            defaults: JobDefaults {
-                timeout_seconds: config.default_timeout_seconds,
-                max_retries: config.default_max_retries,
-            },
             max_body_bytes: config.max_body_bytes,
             body_patience: config.http_idle_timeout,
             api_token: config.api_token.clone(),

@@ -8,6 +8,8 @@
 //!
 //! The store also keeps the number of pending jobs (for `MAX_PENDING_JOBS`, without a count
 //! per submit) and knows whether writes reach the disk (`write_health`, for `GET /health`).
+//! Every end of a job, whichever caller's write brings it, passes one function, `job_ended`:
+//! the hook for metrics and webhooks, below both the queue and the workers.
 
 mod group_commit;
 mod reply;
@@ -138,6 +140,18 @@ pub struct Store {
     reader: Mutex<Connection>,
     /// The most jobs that may be pending when a new one is submitted; 0 means no limit.
     max_pending_jobs: u64,
+    /// What `job_ended` saw, for the tests that check every end passes it once.
+    #[cfg(test)]
+    ended: Mutex<Vec<(String, Ending)>>,
+}
+
+/// How a job left the queue for good, as `Store::job_ended` hears of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// It reached a terminal status: success, failed, timeout or cancelled.
+    Finished(JobStatus),
+    /// It was deleted before it had ended.
+    Deleted,
 }
 
 /// What `cancel` found.
@@ -186,6 +200,8 @@ impl Store {
             writes: GroupCommit::new(writer, pending),
             reader: Mutex::new(reader),
             max_pending_jobs,
+            #[cfg(test)]
+            ended: Mutex::default(),
         })
     }
 
@@ -338,10 +354,14 @@ impl Store {
         // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
         // next start treats that attempt as interrupted. Readers see it only once committed.
         let redo = finish.redo();
-        self.writes.write_unsynced_redone(
+        let recorded = self.writes.write_unsynced_redone(
             move |writer| in_savepoint(writer, |writer| finish.run(writer)),
             redo,
-        )
+        )?;
+        if recorded {
+            self.attempt_recorded(job, end);
+        }
+        Ok(recorded)
     }
 
     /// Records how an attempt ended and claims the next due job in the same write, so a busy
@@ -384,6 +404,9 @@ impl Store {
             // is not (the job stays pending, and runs again).
             self.writes.write_unsynced_redone(write, redo)?
         };
+        if recorded {
+            self.attempt_recorded(job, end);
+        }
         Ok(FinishAndClaim {
             recorded,
             next: raw.map(RawJob::into_job).transpose()?,
@@ -439,7 +462,10 @@ impl Store {
         })?;
         let job = raw.into_job()?;
         match job.status {
-            _ if cancelled => Ok(Cancel::Cancelled(job)),
+            _ if cancelled => {
+                self.job_ended(&job.id, Ending::Finished(job.status));
+                Ok(Cancel::Cancelled(job))
+            }
             JobStatus::Running => Ok(Cancel::Running(job)),
             status => Err(Error::InvalidState(format!(
                 "job {} is {status}; only pending or running jobs can be cancelled",
@@ -466,7 +492,12 @@ impl Store {
                 Ok(raw)
             })
         })?;
-        raw.map(RawJob::into_job).transpose()
+        let deleted = raw.map(RawJob::into_job).transpose()?;
+        // A job that had ended already passed `job_ended` then.
+        if let Some(job) = deleted.as_ref().filter(|job| !job.status.is_terminal()) {
+            self.job_ended(&job.id, Ending::Deleted);
+        }
+        Ok(deleted)
     }
 
     /// Every attempt of a job in order; `None` if there is no such job.
@@ -506,6 +537,29 @@ impl Store {
                     .ok()
             })
             .collect())
+    }
+
+    /// Passes the job to `job_ended` if the outcome just recorded for its attempt ends it.
+    fn attempt_recorded(&self, job: &Job, end: &AttemptEnd) {
+        if let Some(status) = end.final_status() {
+            self.job_ended(&job.id, Ending::Finished(status));
+        }
+    }
+
+    /// The one point every job passes when it ends for good: a worker's outcome that leaves it
+    /// success, failed, timeout or cancelled (a crash recovery's too), the cancel of a pending
+    /// job, and the delete of a job that had not ended. A scheduled retry or a release is no
+    /// end; a manual retry starts the job over, and it ends here again. Nothing listens yet:
+    /// metrics and webhooks hang here. Runs on the caller's thread once its write is answered,
+    /// outside the batch, so it costs the writer nothing; a worker's outcome may be answered
+    /// before its batch is on disk, so after a crash a job can end here twice.
+    fn job_ended(&self, id: &str, ending: Ending) {
+        debug_assert!(
+            !matches!(ending, Ending::Finished(status) if !status.is_terminal()),
+            "job {id} reported ended as {ending:?}"
+        );
+        #[cfg(test)]
+        self.ended.lock().unwrap().push((id.to_string(), ending));
     }
 }
 
@@ -1032,6 +1086,114 @@ mod tests {
             Err(Error::InvalidState(_))
         ));
         assert!(matches!(store.cancel("nope", now), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn every_end_of_a_job_passes_job_ended_exactly_once() {
+        let store = temp_store();
+        let now = Timestamp::from_micros(10);
+        let details = AttemptDetails::default();
+        let start = |id: &str| {
+            store.insert(id.into(), &new_job(0, None), now).unwrap();
+            store.claim_next_due(now).unwrap().unwrap()
+        };
+        let succeeded = || AttemptEnd::Succeeded { result: json!(1) };
+        let ended = || store.ended.lock().unwrap().clone();
+
+        // A worker's outcome, recorded either way.
+        let done = start("done");
+        assert!(store
+            .finish_attempt(&done, &succeeded(), &details, now)
+            .unwrap());
+        let slow = start("slow");
+        let timed_out = AttemptEnd::TimedOut {
+            error: "slow".into(),
+        };
+        let recorded = store.finish_and_claim_next(&slow, &timed_out, &details, now);
+        assert!(recorded.unwrap().recorded);
+        // A scheduled retry and a release put the job back: no end until a later attempt's.
+        let failing = start("failing");
+        let retry_at = Timestamp::from_micros(20);
+        let failed = |retry_at| AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at,
+        };
+        store
+            .finish_and_claim_next(&failing, &failed(Some(retry_at)), &details, now)
+            .unwrap();
+        let released = start("released");
+        let release = AttemptEnd::Released {
+            reason: "shutdown".into(),
+        };
+        store
+            .finish_attempt(&released, &release, &details, now)
+            .unwrap();
+        assert_eq!(ended().len(), 2, "{:?}", ended());
+        let again = store.claim_next_due(now).unwrap().unwrap();
+        assert_eq!(again.id, "released");
+        store
+            .finish_attempt(&again, &succeeded(), &details, now)
+            .unwrap();
+        let retried = store.claim_next_due(retry_at).unwrap().unwrap();
+        assert_eq!(retried.id, "failing");
+        store
+            .finish_attempt(&retried, &failed(None), &details, retry_at)
+            .unwrap();
+
+        // Cancel: a pending job ends at once, a running one when its worker records it.
+        store
+            .insert("waiting".into(), &new_job(0, None), now)
+            .unwrap();
+        assert!(matches!(
+            store.cancel("waiting", now).unwrap(),
+            Cancel::Cancelled(_)
+        ));
+        let busy = start("busy");
+        assert!(matches!(
+            store.cancel("busy", now).unwrap(),
+            Cancel::Running(_)
+        ));
+        let cancelled = AttemptEnd::Cancelled {
+            reason: "by request".into(),
+        };
+        store
+            .finish_attempt(&busy, &cancelled, &details, now)
+            .unwrap();
+
+        // Delete ends a job that had not ended; a deleted attempt's outcome is dropped.
+        store
+            .insert("unwanted".into(), &new_job(0, None), now)
+            .unwrap();
+        store.delete("unwanted").unwrap();
+        let doomed = start("doomed");
+        store.delete("doomed").unwrap();
+        assert!(!store
+            .finish_attempt(&doomed, &succeeded(), &details, now)
+            .unwrap());
+        store.delete("done").unwrap();
+
+        // A manual retry starts the job over, and it ends again.
+        store.retry("slow", now).unwrap();
+        let rerun = store.claim_next_due(now).unwrap().unwrap();
+        store
+            .finish_attempt(&rerun, &succeeded(), &details, now)
+            .unwrap();
+
+        let finished = |id: &str, status| (id.to_string(), Ending::Finished(status));
+        assert_eq!(
+            ended(),
+            [
+                finished("done", JobStatus::Success),
+                finished("slow", JobStatus::Timeout),
+                finished("released", JobStatus::Success),
+                finished("failing", JobStatus::Failed),
+                finished("waiting", JobStatus::Cancelled),
+                finished("busy", JobStatus::Cancelled),
+                ("unwanted".to_string(), Ending::Deleted),
+                ("doomed".to_string(), Ending::Deleted),
+                finished("slow", JobStatus::Success),
+            ]
+        );
     }
 
     #[test]
