@@ -210,7 +210,10 @@ fn an_http_2_request_line_cannot_hold_a_connection_slot_for_good() {
         (first.status == 200 && second.status == 200).then_some(())
     });
     drop(stuck);
-    assert_intact(&server, &[]);
+    // The two connections just closed may hold their slots until their threads see it.
+    eventually(Duration::from_secs(10), "the server serves on", || {
+        (server.get("/health").status == 200).then_some(())
+    });
 }
 
 #[test]
