@@ -22,7 +22,7 @@ use crate::running::RunningAttempts;
 use crate::store::{Store, SyncMode};
 use crate::worker::{self, WorkerPool};
 
-/// How long the end of shutdown waits for HTTP handler threads to finish what they are doing.
+/// How long the end of shutdown waits for requests already received to be answered.
 const HTTP_STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How the server ended.

@@ -16,7 +16,7 @@ use crate::queue::{canonical_id, Cancel, Queue};
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-/// What every handler thread shares.
+/// What every connection thread shares while it answers requests.
 pub struct AppState {
     /// What requests do to jobs.
     pub queue: Queue,
