@@ -71,13 +71,10 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
         auth::authorize(state.api_token.as_deref(), public, &head.fields)?;
         Ok(body)
     });
-    // Logged without the query, and never more than the limit of the target.
+    // Logged without the query, and at most 200 characters of the path.
     let line = log::log_enabled!(log::Level::Info).then(|| {
         let path = request.url().split('?').next().unwrap_or_default();
-        let path: String = path
-            .chars()
-            .take(framing::MAX_TARGET_BYTES.min(200))
-            .collect();
+        let path: String = path.chars().take(200).collect();
         format!("{} {path}", request.method())
     });
     let mut body_read = false;
