@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::store::Location;
 
 /// One environment variable: its name, default and meaning. The `--help` text is built from
 /// this table so the documentation cannot drift from the parser.
@@ -15,7 +16,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 20] = [
+pub const VARIABLES: [Variable; 23] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -24,7 +25,22 @@ pub const VARIABLES: [Variable; 20] = [
     Variable {
         name: "DATABASE_URL",
         default: "sqlite://mini_lambda.db",
-        meaning: "SQLite database file (sqlite://PATH or a plain path)",
+        meaning: "SQLite file (sqlite://PATH or a plain path), or postgres://USER@HOST/DB for several nodes",
+    },
+    Variable {
+        name: "NODE_ID",
+        default: "",
+        meaning: "this process's name on jobs it runs (default HOSTNAME-RANDOM; one process per id)",
+    },
+    Variable {
+        name: "LEASE_SECONDS",
+        default: "30",
+        meaning: "a node silent this long has its running jobs recovered by the others (1 to 3600)",
+    },
+    Variable {
+        name: "DATABASE_POOL_SIZE",
+        default: "16",
+        meaning: "connections to PostgreSQL per node (1 to 1000; SQLite uses two)",
     },
     Variable {
         name: "WORKER_COUNT",
@@ -132,7 +148,14 @@ pub enum Durability {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server_addr: SocketAddr,
-    pub database_path: PathBuf,
+    pub database: Location,
+    /// This process's node id: `NODE_ID`, or a fresh one each start.
+    pub node_id: String,
+    /// Whether `NODE_ID` set it: then a start recovers at once what an earlier process with
+    /// the same id left running.
+    pub node_id_fixed: bool,
+    pub lease: Duration,
+    pub database_pool_size: usize,
     pub worker_count: usize,
     pub default_timeout_seconds: u32,
     pub default_max_retries: u32,
@@ -180,7 +203,13 @@ impl Config {
         }
         Config {
             server_addr: reader.address("SERVER_ADDR")?,
-            database_path: reader.database_path("DATABASE_URL")?,
+            database: reader.database("DATABASE_URL")?,
+            node_id_fixed: reader.node_id("NODE_ID")?.is_some(),
+            node_id: reader
+                .node_id("NODE_ID")?
+                .unwrap_or_else(|| fresh_node_id(&reader)),
+            lease: Duration::from_secs(reader.integer("LEASE_SECONDS", 1, 3600)?),
+            database_pool_size: to_usize(reader.integer("DATABASE_POOL_SIZE", 1, 1000)?),
             worker_count: to_usize(reader.integer("WORKER_COUNT", 1, 1024)?),
             default_timeout_seconds: to_u32(reader.integer(
                 "DEFAULT_TIMEOUT_SECONDS",
@@ -405,8 +434,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         })
     }
 
-    fn database_path(&self, name: &'static str) -> Result<PathBuf> {
+    fn database(&self, name: &'static str) -> Result<Location> {
         let raw = self.raw(name);
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Location::Postgres(raw));
+        }
         let path = raw
             .strip_prefix("sqlite://")
             .or_else(|| raw.strip_prefix("sqlite:"))
@@ -419,8 +451,42 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 ),
             });
         }
-        Ok(PathBuf::from(path))
+        Ok(Location::Sqlite(PathBuf::from(path)))
     }
+
+    /// Visible ASCII without spaces, at most 64 characters: it appears in logs and rows.
+    fn node_id(&self, name: &'static str) -> Result<Option<String>> {
+        let raw = self.raw(name);
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.len() > 64 || !raw.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(Error::Config {
+                variable: name,
+                message: format!(
+                    "must be 1 to 64 visible ASCII characters without spaces, got {raw:?}"
+                ),
+            });
+        }
+        Ok(Some(raw))
+    }
+}
+
+/// `HOSTNAME-xxxxxxxx`: where it runs, and unique to this start.
+fn fresh_node_id<F: Fn(&str) -> Option<String>>(reader: &Reader<F>) -> String {
+    let host = (reader.lookup)("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|host| {
+            host.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }
 
 #[cfg(test)]
@@ -447,7 +513,10 @@ mod tests {
     fn defaults_match_the_documentation() {
         let config = config_with(&[]).unwrap();
         assert_eq!(config.server_addr.to_string(), "127.0.0.1:3000");
-        assert_eq!(config.database_path, PathBuf::from("mini_lambda.db"));
+        assert_eq!(
+            config.database,
+            Location::Sqlite(PathBuf::from("mini_lambda.db"))
+        );
         assert_eq!(config.worker_count, 4);
         assert_eq!(config.default_timeout_seconds, 30);
         assert_eq!(config.default_max_retries, 3);
@@ -486,9 +555,20 @@ mod tests {
     #[test]
     fn database_url_accepts_scheme_or_plain_path() {
         let config = config_with(&[("DATABASE_URL", "sqlite:///tmp/x/jobs.db")]).unwrap();
-        assert_eq!(config.database_path, PathBuf::from("/tmp/x/jobs.db"));
+        assert_eq!(
+            config.database,
+            Location::Sqlite(PathBuf::from("/tmp/x/jobs.db"))
+        );
         let config = config_with(&[("DATABASE_URL", "data/jobs.db")]).unwrap();
-        assert_eq!(config.database_path, PathBuf::from("data/jobs.db"));
+        assert_eq!(
+            config.database,
+            Location::Sqlite(PathBuf::from("data/jobs.db"))
+        );
+        let config = config_with(&[("DATABASE_URL", "postgres://app@db/jobs")]).unwrap();
+        assert_eq!(
+            config.database,
+            Location::Postgres("postgres://app@db/jobs".into())
+        );
     }
 
     #[test]

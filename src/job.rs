@@ -99,9 +99,13 @@ pub struct Job {
     pub run_at: Timestamp,
     /// The function the job runs, or `None` for a simulated job.
     pub function: Option<String>,
-    /// The number of the attempt this job was claimed for (internal; set by a claim).
+    /// The number of the job's current (or last) attempt: with the job, the attempt's
+    /// identity. A claim sets it; an outcome lands only on the attempt it names (internal).
     #[serde(skip)]
     pub attempt: Option<u32>,
+    /// The node running the job's current attempt, while it runs (internal).
+    #[serde(skip)]
+    pub node: Option<String>,
     /// The row's key in the store (internal).
     #[serde(skip)]
     pub seq: i64,
@@ -113,8 +117,8 @@ impl Job {
     }
 
     /// The number of the attempt being run, as `GET /jobs/:id/attempts` shows it: the claim
-    /// sets it. `retry_count + 1` is only a fallback for a job not claimed, because a manual
-    /// retry resets `retry_count` but not the count of attempts.
+    /// sets it. `retry_count + 1` is only a fallback for a job never claimed, because a
+    /// manual retry resets `retry_count` but not the count of attempts.
     pub fn attempt_number(&self) -> u32 {
         self.attempt.unwrap_or(self.retry_count + 1)
     }
@@ -140,6 +144,7 @@ impl Job {
             run_at: Timestamp::from_micros(0),
             function: None,
             attempt: None,
+            node: None,
             seq: 0,
         }
     }
@@ -150,9 +155,7 @@ impl Job {
 pub struct Attempt {
     /// 1-based, counting every attempt of the job, automatic or manual retry alike.
     pub attempt: u32,
-    /// `running`, `success`, `failed`, `timeout`, `cancelled`, or `interrupted` (stopped by a
-    /// shutdown).
-    pub status: String,
+    pub status: AttemptStatus,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<i64>,
@@ -161,6 +164,54 @@ pub struct Attempt {
     /// For attempts that run a process; null for simulated jobs.
     pub exit_code: Option<i32>,
     pub stderr_tail: Option<String>,
+    /// The node that ran it.
+    pub node: Option<String>,
+}
+
+/// How one attempt's record ends. `interrupted`: the server stopped it (a shutdown), and it
+/// did not count against the retry budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptStatus {
+    Running,
+    Success,
+    Failed,
+    Timeout,
+    Cancelled,
+    Interrupted,
+}
+
+impl AttemptStatus {
+    pub const ALL: [AttemptStatus; 6] = [
+        AttemptStatus::Running,
+        AttemptStatus::Success,
+        AttemptStatus::Failed,
+        AttemptStatus::Timeout,
+        AttemptStatus::Cancelled,
+        AttemptStatus::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Running => "running",
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::Timeout => "timeout",
+            AttemptStatus::Cancelled => "cancelled",
+            AttemptStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl FromStr for AttemptStatus {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        AttemptStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| Error::CorruptRow(format!("unknown attempt status {text:?}")))
+    }
 }
 
 /// What an attempt that ran a process leaves besides its outcome; empty for simulated jobs.
@@ -195,20 +246,53 @@ pub enum AttemptEnd {
     },
 }
 
+/// What the end of an attempt does to its job and to the attempt's own record: every backend
+/// stores this, and none decides it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The job's status afterwards: `pending` again for a scheduled retry or a release.
+    pub job_status: JobStatus,
+    pub attempt_status: AttemptStatus,
+    /// A scheduled retry: due again then, with one more retry counted.
+    pub retry_at: Option<Timestamp>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+}
+
 impl AttemptEnd {
+    /// The job's and the attempt's new state.
+    pub fn transition(&self) -> Transition {
+        let (job_status, attempt_status) = match self {
+            AttemptEnd::Succeeded { .. } => (JobStatus::Success, AttemptStatus::Success),
+            AttemptEnd::Failed {
+                retry_at: Some(_), ..
+            } => (JobStatus::Pending, AttemptStatus::Failed),
+            AttemptEnd::Failed { retry_at: None, .. } => (JobStatus::Failed, AttemptStatus::Failed),
+            AttemptEnd::TimedOut { .. } => (JobStatus::Timeout, AttemptStatus::Timeout),
+            AttemptEnd::Cancelled { .. } => (JobStatus::Cancelled, AttemptStatus::Cancelled),
+            AttemptEnd::Released { .. } => (JobStatus::Pending, AttemptStatus::Interrupted),
+        };
+        let (result, error, retry_at) = match self {
+            AttemptEnd::Succeeded { result } => (Some(result.clone()), None, None),
+            AttemptEnd::Failed { error, retry_at } => (None, Some(error.clone()), *retry_at),
+            AttemptEnd::TimedOut { error } => (None, Some(error.clone()), None),
+            AttemptEnd::Cancelled { reason } | AttemptEnd::Released { reason } => {
+                (None, Some(reason.clone()), None)
+            }
+        };
+        Transition {
+            job_status,
+            attempt_status,
+            retry_at,
+            result,
+            error,
+        }
+    }
+
     /// The terminal status the job ends in, or `None` when this end puts it back in the queue
     /// (a scheduled retry, a release).
     pub fn final_status(&self) -> Option<JobStatus> {
-        match self {
-            AttemptEnd::Succeeded { .. } => Some(JobStatus::Success),
-            AttemptEnd::Failed { retry_at: None, .. } => Some(JobStatus::Failed),
-            AttemptEnd::TimedOut { .. } => Some(JobStatus::Timeout),
-            AttemptEnd::Cancelled { .. } => Some(JobStatus::Cancelled),
-            AttemptEnd::Failed {
-                retry_at: Some(_), ..
-            }
-            | AttemptEnd::Released { .. } => None,
-        }
+        Some(self.transition().job_status).filter(|status| status.is_terminal())
     }
 }
 

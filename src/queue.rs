@@ -37,6 +37,8 @@ pub struct Queue {
     functions: Functions,
     /// What a submit leaves out, from the configuration.
     defaults: JobDefaults,
+    /// This node's id: an attempt running here can be stopped here.
+    node: String,
 }
 
 impl Queue {
@@ -46,6 +48,7 @@ impl Queue {
         running: Arc<RunningAttempts>,
         functions: Functions,
         defaults: JobDefaults,
+        node: String,
     ) -> Queue {
         Queue {
             store,
@@ -53,6 +56,7 @@ impl Queue {
             running,
             functions,
             defaults,
+            node,
         }
     }
 
@@ -155,9 +159,12 @@ impl Queue {
         Ok(cancel)
     }
 
+    /// Stops the job's attempt if it runs on this node; the store has recorded the request for
+    /// any other node, whose lease keeper stops it there.
     fn stop_attempt(&self, job: &Job) {
-        self.running
-            .cancel(&job.id, job.started_at.map(Timestamp::as_micros));
+        if job.node.as_deref() == Some(self.node.as_str()) {
+            self.running.cancel(&job.id, job.attempt_number());
+        }
     }
 }
 

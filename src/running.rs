@@ -1,7 +1,8 @@
-//! The attempts running right now, so that a cancel (or a delete) can stop one. A worker
-//! registers each attempt before it runs and removes it after its outcome is recorded; the
-//! queue looks an attempt up by job id and `started_at` (the attempt's token) and drops its
-//! cancel sender, which wakes the attempt's watchdog at once.
+//! The attempts running on this node right now, so that a cancel (or a delete) can stop one.
+//! A worker registers each attempt before it runs and removes it after its outcome is
+//! recorded; the queue (or the lease keeper, for a cancel made on another node) looks an
+//! attempt up by job id and attempt number and drops its cancel sender, which wakes the
+//! attempt's watchdog at once.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -10,7 +11,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::job::Job;
 
-type Key = (String, Option<i64>);
+type Key = (String, u32);
 
 enum Slot {
     /// Dropping the sender cancels the attempt; it is held for that alone.
@@ -22,7 +23,7 @@ enum Slot {
 
 #[derive(Default)]
 pub struct RunningAttempts {
-    /// Keyed by job id and the attempt's `started_at`; the lock is held only to look up.
+    /// Keyed by job id and attempt number; the lock is held only to look up.
     slots: Mutex<HashMap<Key, Slot>>,
 }
 
@@ -46,12 +47,16 @@ impl RunningAttempts {
         self.lock().remove(&key(job));
     }
 
-    /// Cancels the attempt of job `id` that started at `started_at`. Called only while the
-    /// database says that attempt is running, so an unregistered attempt is one about to start.
-    pub fn cancel(&self, id: &str, started_at: Option<i64>) {
+    /// Cancels attempt `attempt` of job `id`. Called only while the database says that attempt
+    /// runs on this node, so an unregistered attempt is one about to start.
+    pub fn cancel(&self, id: &str, attempt: u32) {
         // Replacing a running slot drops its sender, which is the cancel.
-        self.lock()
-            .insert((id.to_string(), started_at), Slot::Cancelled);
+        self.lock().insert((id.to_string(), attempt), Slot::Cancelled);
+    }
+
+    /// The attempts registered now, cancelled or not.
+    pub fn registered(&self) -> Vec<(String, u32)> {
+        self.lock().keys().cloned().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
@@ -63,5 +68,5 @@ impl RunningAttempts {
 }
 
 fn key(job: &Job) -> Key {
-    (job.id.clone(), job.started_at.map(|at| at.as_micros()))
+    (job.id.clone(), job.attempt_number())
 }

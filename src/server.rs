@@ -1,5 +1,6 @@
 //! The composition root: start-up in order and the one shutdown sequence. `run` opens the
-//! store, recovers interrupted jobs, starts workers and the HTTP server, then waits for a
+//! store, takes this node's lease (recovering what lost nodes left running), starts workers,
+//! the lease keeper and the HTTP server, then waits for a
 //! signal (or for the HTTP server to report that it can no longer accept). The first signal starts a
 //! graceful drain bounded by `SHUTDOWN_GRACE_SECONDS`; a second one ends the process at once.
 
@@ -19,8 +20,8 @@ use crate::job::JobDefaults;
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
-use crate::store::{Store, SyncMode};
-use crate::worker::{self, WorkerPool};
+use crate::store::{Options, Store, SyncMode};
+use crate::worker::{LeaseKeeper, WorkerPool};
 
 /// How long the end of shutdown waits for requests already received to be answered.
 const HTTP_STOP_PATIENCE: Duration = Duration::from_secs(5);
@@ -41,18 +42,20 @@ pub fn run(
     signals: Receiver<()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<Exit> {
-    let store = Arc::new(Store::open(
-        &config.database_path,
-        sync_mode(config.durability),
-        config.max_pending_jobs,
-    )?);
+    let options = Options {
+        sync: sync_mode(config.durability),
+        max_pending_jobs: config.max_pending_jobs,
+        node: config.node_id.clone(),
+        pool_size: config.database_pool_size,
+    };
+    let store = Arc::new(Store::open(&config.database, &options)?);
     let retry = RetryPolicy {
         base: config.retry_backoff,
         cap: config.retry_backoff_max,
     };
-    let recovered = worker::recover_interrupted(&store, &retry)?;
+    let recovered = LeaseKeeper::take_lease(&store, &retry, config.lease, config.node_id_fixed)?;
     if recovered > 0 {
-        warn!("recovered {recovered} job(s) left running by an earlier crash");
+        warn!("recovered {recovered} job(s) left running by a server that stopped");
     }
     let running = Arc::new(RunningAttempts::default());
     let functions = Functions::new(config.functions_dir.clone());
@@ -76,13 +79,30 @@ pub fn run(
         timeout_seconds: config.default_timeout_seconds,
         max_retries: config.default_max_retries,
     };
-    let queue = Queue::new(store, waker, running, functions.clone(), defaults);
+    let lease = LeaseKeeper::start(
+        Arc::clone(&store),
+        Arc::clone(&running),
+        retry,
+        waker.clone(),
+        config.lease,
+    )?;
+    let woken_by_others = waker.clone();
+    store.watch_other_nodes(Box::new(move || woken_by_others.wake_one()))?;
+    let queue = Queue::new(
+        store,
+        waker,
+        running,
+        functions.clone(),
+        defaults,
+        config.node_id.clone(),
+    );
     let server = HttpServer::start(&config, queue, functions)?;
     info!(
-        "listening on http://{} with {} workers, database {}",
+        "listening on http://{} with {} workers, database {}, node {}",
         server.local_addr(),
         config.worker_count,
-        config.database_path.display()
+        config.database.describe(),
+        config.node_id
     );
     on_ready(server.local_addr());
 
@@ -117,6 +137,8 @@ pub fn run(
         },
     }
     pool.join();
+    // Every attempt here has ended or been put back: the node can leave.
+    lease.stop(true);
     if !server.stop(HTTP_STOP_PATIENCE, &signals) {
         warn!("second signal: exiting now");
         groups.kill_all();

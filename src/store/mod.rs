@@ -1,164 +1,79 @@
-//! The SQLite store: the queue of record. Owns every SQL statement, the schema and its
-//! migrations. Knows the job model and SQLite; never HTTP, nor the configuration: the caller
-//! passes plain values (`SyncMode`, the pending limit).
+//! The queue of record, behind one interface. [`Backend`] is what a database must do for the
+//! server; `sqlite` (the embedded default) and `postgres` (many nodes on one database, behind
+//! the cargo feature `postgres`) implement it, and own every SQL statement, their schema and
+//! its migrations. [`Store`] is what the rest of the server holds: it picks the backend from a
+//! [`Location`] and adds what every backend shares, the one hook every end of a job passes
+//! (`job_ended`).
 //!
-//! Two connections to one WAL database: every write goes through the mutex-guarded write
-//! connection in group-committed batches (`group_commit`), and reads use their own
-//! mutex-guarded connection, so a `GET` never waits for a disk sync.
+//! The store knows the job model and its database; never HTTP, nor the configuration: the
+//! caller passes plain values ([`Options`]). Job state transitions are the model's
+//! (`AttemptEnd::transition`); a backend stores them and decides none.
 //!
-//! The store also keeps the number of pending jobs (for `MAX_PENDING_JOBS`, without a count
-//! per submit) and knows whether writes reach the disk (`write_health`, for `GET /health`).
-//! Every end of a job, whichever caller's write brings it, passes one function, `job_ended`:
-//! the hook for metrics and webhooks, below both the queue and the workers.
+//! Leases: each server process is a node with an id. A claim records the claiming node on the
+//! job; the node's heartbeat says it is alive; attempts of a node whose heartbeat is older than
+//! the lease are recovered by any other node (`worker::lease`).
 
-mod group_commit;
-mod reply;
-mod row;
-mod schema;
-mod sqlite_error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod test_dir;
-mod write_health;
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
-
-use crate::error::{Error, Result, StorageFailure};
-use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob, MAX_PRIORITY};
+use crate::error::{Error, Result};
+use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
 use crate::time::Timestamp;
-use group_commit::{in_savepoint, GroupCommit, Writer};
-use row::{RawAttempt, RawJob};
-use write_health::Verdict;
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The columns `RawJob::from_row` reads, in its order. A macro so `concat!` can build
-/// `&'static str` statements that the query-plan test checks verbatim.
-macro_rules! job_columns {
-    () => {
-        "id, payload, status, created_at, started_at, finished_at, retry_count, \
-         max_retries, timeout_seconds, result, error_message, priority, run_at, function, seq"
-    };
+/// Where the jobs are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file, owned by this process alone.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://user@host/db`), shared by every node.
+    Postgres(String),
 }
 
-const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
-const LIST_ALL: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
-);
-const LIST_BY_STATUS: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE status = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-);
-/// The oldest due job of one priority. `INDEXED BY` pins the partial index (without
-/// statistics the planner would pick the status index and walk every pending job); with
-/// `priority` fixed the index is a range seek, so a million future jobs cost nothing here.
-const DUE_AT_PRIORITY: &str = "SELECT seq FROM jobs INDEXED BY jobs_pending_by_priority
-     WHERE status = 'pending' AND priority = ?1 AND run_at <= ?2
-     ORDER BY run_at, seq LIMIT 1";
-const START_ATTEMPT: &str = concat!(
-    "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
-            result = NULL, error_message = NULL
-     WHERE seq = ?1 RETURNING ",
-    job_columns!()
-);
-/// The earliest `run_at` among pending jobs: the oldest of each priority, one index seek
-/// each, then the minimum of those ten.
-const NEXT_DUE_AT: &str = "SELECT min((SELECT run_at FROM jobs INDEXED BY jobs_pending_by_priority
-                  WHERE status = 'pending' AND priority = priorities.column1
-                  ORDER BY run_at LIMIT 1))
-     FROM (VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)) AS priorities";
-const RUNNING_JOBS: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE status = 'running' ORDER BY seq"
-);
-const RESTART_JOB: &str = concat!(
-    "UPDATE jobs SET status = 'pending', retry_count = 0, run_at = ?2, started_at = NULL,
-            finished_at = NULL, result = NULL, error_message = NULL
-     WHERE id = ?1 RETURNING ",
-    job_columns!()
-);
-const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = ?1";
-const STATUS_OF_ID: &str = "SELECT status FROM jobs WHERE id = ?1";
-const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
-const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', finished_at = ?2,
-        error_message = 'cancelled by request'
-     WHERE id = ?1 AND status = 'pending'";
-const DELETE_ATTEMPTS: &str =
-    "DELETE FROM attempts WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1)";
-/// Numbers the attempt after the job's last one: `max` over the primary key is one seek.
-const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, attempt, status, started_at)
-     SELECT ?1, coalesce(max(attempt), 0) + 1, 'running', ?2 FROM attempts WHERE job_seq = ?1
-     RETURNING attempt";
-/// Ends the attempt that started at `?2` (the attempt token, as for `FINISH_ATTEMPT`).
-const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at = ?4, result = ?5,
-        error_message = ?6, exit_code = ?7, stderr_tail = ?8
-     WHERE job_seq = ?1 AND started_at IS ?2 AND status = 'running'";
-const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
-        error_message, exit_code, stderr_tail
-     FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
-/// Read once at open; from then on the count is kept in memory by the writes.
-const COUNT_PENDING: &str = "SELECT count(*) FROM jobs WHERE status = 'pending'";
-/// The write `GET /health` makes when nothing else has written lately: one row, one page.
-const PROBE_WRITE: &str = "UPDATE write_probe SET probed_at = ?1 WHERE id = 1";
-const INSERT_JOB: &str = "INSERT INTO jobs
-        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function)
-     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8)";
-/// Ends a running attempt. `?2` is the new status, or `released` for an attempt the server
-/// stopped, which goes back to `pending` without counting as a retry. A `pending` status with
-/// `?6` set is a retry after a failure: one more retry counted, due at `?6`. `?7` is the
-/// attempt's `started_at`: an outcome only lands on the attempt it belongs to, never on a
-/// later attempt of the same job (its claim can be lost when a batch fails to commit).
-const FINISH_ATTEMPT: &str = "UPDATE jobs SET
-        status = CASE ?2 WHEN 'released' THEN 'pending' ELSE ?2 END,
-        finished_at = ?3,
-        result = ?4,
-        error_message = ?5,
-        retry_count = retry_count + (?6 IS NOT NULL),
-        run_at = coalesce(?6, run_at)
-     WHERE seq = ?1 AND status = 'running' AND started_at IS ?7";
+impl Location {
+    /// The location as the log and error messages name it, without a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => redact_password(url),
+        }
+    }
+}
 
 /// When a commit reaches the disk: the caller's trade between durability and speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
     /// Every commit is synced before it is acknowledged: acknowledged jobs survive power loss.
     EveryCommit,
-    /// Commits are synced later (SQLite: at checkpoints): acknowledged jobs survive a crash of
-    /// the process, but the last ones may be lost if the machine loses power.
+    /// Commits are synced later (SQLite: at checkpoints; PostgreSQL: `synchronous_commit =
+    /// off`): acknowledged jobs survive a crash of the process, but the last ones may be lost
+    /// if the machine (SQLite) or the database server (PostgreSQL) loses power.
     Deferred,
 }
 
-pub struct Store {
-    writes: GroupCommit,
-    /// The read connection; the lock makes its statements one at a time.
-    reader: Mutex<Connection>,
+/// What a store is opened with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sync: SyncMode,
     /// The most jobs that may be pending when a new one is submitted; 0 means no limit.
-    max_pending_jobs: u64,
-    /// What `job_ended` saw, for the tests that check every end passes it once.
-    #[cfg(test)]
-    ended: Mutex<Vec<(String, Ending)>>,
-}
-
-/// How a job left the queue for good, as `Store::job_ended` hears of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    /// It reached a terminal status: success, failed, timeout or cancelled.
-    Finished(JobStatus),
-    /// It was deleted before it had ended.
-    Deleted,
+    pub max_pending_jobs: u64,
+    /// This process's node id: recorded on every job it claims.
+    pub node: String,
+    /// Connections to keep to a database server (PostgreSQL); SQLite uses two.
+    pub pool_size: usize,
 }
 
 /// What `cancel` found.
 pub enum Cancel {
     /// The job was pending and is now `cancelled`.
     Cancelled(Job),
-    /// The job is running; its attempt must be stopped.
+    /// The job is running; its attempt must be stopped. The store has recorded the request, so
+    /// the node running it stops it even if that is another node.
     Running(Job),
 }
 
@@ -178,171 +93,175 @@ pub struct Page {
     pub has_more: bool,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database file and brings its schema up to date. A file
-    /// that cannot be a database is `DatabaseUnusable`, saying why. A submit that would make
-    /// more than `max_pending_jobs` jobs pending is refused (0: no limit).
-    pub fn open(path: &Path, sync: SyncMode, max_pending_jobs: u64) -> Result<Store> {
-        Store::open_connections(path, sync, max_pending_jobs)
-            .map_err(|err| unusable_file(path, err))
-    }
+/// An attempt the database says runs on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningHere {
+    pub job_id: String,
+    pub attempt: u32,
+    /// A cancel was requested (possibly on another node).
+    pub cancel_requested: bool,
+}
 
-    fn open_connections(path: &Path, sync: SyncMode, max_pending_jobs: u64) -> Result<Store> {
-        let open = || Connection::open(path);
-        let mut writer = open()?;
-        configure(&writer, sync)?;
-        schema::migrate(&mut writer)?;
-        let reader = open()?;
-        configure(&reader, sync)?;
-        reader.pragma_update(None, "query_only", true)?;
-        let pending: u64 = writer.query_row(COUNT_PENDING, [], |row| row.get(0))?;
-        Ok(Store {
-            writes: GroupCommit::new(writer, pending),
-            reader: Mutex::new(reader),
-            max_pending_jobs,
-            #[cfg(test)]
-            ended: Mutex::default(),
-        })
-    }
+/// Called when another node may have queued a job (PostgreSQL's `LISTEN/NOTIFY`, or a poll).
+pub type OnJobQueued = Box<dyn Fn() + Send + Sync>;
 
-    fn read(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves the connection usable, so take it over.
-        self.reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
+/// What a database must do for the server. Every method is one transaction (or one read);
+/// a method that returns an error has changed nothing.
+pub trait Backend: Send + Sync {
     /// Checks that the database answers a real read.
-    pub fn ping(&self) -> Result<()> {
-        self.read()
-            .query_row("SELECT count(*) FROM sqlite_master", [], |row| {
-                row.get::<_, i64>(0)
-            })?;
-        Ok(())
+    fn ping(&self) -> Result<()>;
+
+    /// Whether writes reach the database's storage: `Err(Unavailable)` while they fail.
+    fn writes_ok(&self) -> Result<()>;
+
+    /// Stores a new pending job; returns once it is committed. `QueueFull` beyond the limit.
+    fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()>;
+
+    fn get(&self, id: &str) -> Result<Option<Job>>;
+
+    /// Jobs newest first, optionally of one status and older than the job `before`.
+    fn list(&self, status: Option<JobStatus>, before: Option<&str>, limit: usize) -> Result<Page>;
+
+    /// Marks the highest-priority due job `running` on this node, opens its next attempt and
+    /// returns it (with `attempt` and `node` set); `None` when nothing is due. Never hands one
+    /// job to two claims.
+    fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>>;
+
+    /// When the earliest pending job becomes due (possibly in the past); `None` if none waits.
+    fn next_due_at(&self) -> Result<Option<Timestamp>>;
+
+    /// Records how the attempt `job.attempt` ended. `false` when it is no longer the job's
+    /// running attempt (deleted, recovered elsewhere), and then nothing is written.
+    fn finish_attempt(
+        &self,
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// `finish_attempt`, then a claim, in one transaction where the backend can.
+    fn finish_and_claim_next(
+        &self,
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<FinishAndClaim>;
+
+    /// Manual retry: a `failed`, `timeout` or `cancelled` job starts over with its full retry
+    /// budget. `NotFound`, or `InvalidState` for any other status.
+    fn retry(&self, id: &str, now: Timestamp) -> Result<Job>;
+
+    /// A pending job becomes `cancelled`; a running one is returned as it is, with the cancel
+    /// recorded on it for its node; an ended one is `InvalidState`; `NotFound`.
+    fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel>;
+
+    /// Deletes a job and its attempts; returns it as it was, `None` if there was none.
+    fn delete(&self, id: &str) -> Result<Option<Job>>;
+
+    /// Every attempt of a job in order; `None` if there is no such job.
+    fn attempts(&self, id: &str) -> Result<Option<Vec<Attempt>>>;
+
+    /// Records that this node is alive now.
+    fn heartbeat(&self, now: Timestamp) -> Result<()>;
+
+    /// Running jobs whose node has lost its lease: its last heartbeat is older than `lease`, or
+    /// it has none. With `include_own`, also this node's id's (at start: a previous process with
+    /// the same id). A backend that knows no other process can use its database (SQLite, which
+    /// locks its file) counts every other node as lost. Each job carries its `attempt`.
+    fn lost_attempts(&self, now: Timestamp, lease: Duration, include_own: bool)
+        -> Result<Vec<Job>>;
+
+    /// Forgets nodes that lost their lease and run nothing any more, and, with `leaving`, this
+    /// node (a graceful stop).
+    fn forget_nodes(&self, now: Timestamp, lease: Duration, leaving: bool) -> Result<()>;
+
+    /// The attempts the database says run on this node.
+    fn running_here(&self) -> Result<Vec<RunningHere>>;
+
+    /// Calls `on_queued` whenever another node may have queued a job, for as long as the
+    /// process runs. SQLite has no other node and does nothing.
+    fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()>;
+}
+
+/// How a job left the queue for good, as `job_ended` hears of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It reached a terminal status: success, failed, timeout or cancelled.
+    Finished(JobStatus),
+    /// It was deleted before it had ended.
+    Deleted,
+}
+
+/// The store the server holds: a backend, and what every backend shares.
+pub struct Store {
+    backend: Box<dyn Backend>,
+    /// What `job_ended` saw, for the tests that check every end passes it once.
+    #[cfg(test)]
+    ended: std::sync::Mutex<Vec<(String, Ending)>>,
+}
+
+impl Store {
+    /// Opens the database at `location`, bringing its schema up to date.
+    pub fn open(location: &Location, options: &Options) -> Result<Store> {
+        let backend: Box<dyn Backend> = match location {
+            Location::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path, options)?),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(url) => Box::new(postgres::PostgresStore::open(url, options)?),
+            #[cfg(not(feature = "postgres"))]
+            Location::Postgres(_) => {
+                return Err(Error::Startup(
+                    "DATABASE_URL names PostgreSQL, but this build has no PostgreSQL support; \
+                     build with `cargo build --release --features postgres`"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Store::with_backend(backend))
     }
 
-    /// Whether writes reach the disk: `Err(Unavailable)` while they fail (disk full, I/O
-    /// errors). Answered from what recent writes reported; when there were none for a second,
-    /// one probe write finds out, joining the next group commit like any write (a one-row
-    /// update: the write lock is held no longer than for a submit). Callers that arrive while a
-    /// probe runs get the last verdict without waiting.
-    pub fn writes_ok(&self) -> Result<()> {
-        let health = self.writes.health();
-        match health.verdict(Instant::now()) {
-            Verdict::Healthy => Ok(()),
-            Verdict::Failing(message) => Err(Error::Unavailable(message)),
-            Verdict::Probe => {
-                let now = Timestamp::now().as_micros();
-                let probed = self.writes.write(move |writer| {
-                    writer.prepare_cached(PROBE_WRITE)?.execute([now])?;
-                    Ok(())
-                });
-                health.probe_done();
-                probed
-            }
+    pub fn with_backend(backend: Box<dyn Backend>) -> Store {
+        Store {
+            backend,
+            #[cfg(test)]
+            ended: std::sync::Mutex::default(),
         }
     }
 
-    /// Stores a new pending job. Returns after the commit, i.e. once the job is durable.
-    /// Refused with `QueueFull` if `MAX_PENDING_JOBS` jobs are pending already, checked in
-    /// the write itself, so that concurrent submits cannot pass the limit together.
+    pub fn ping(&self) -> Result<()> {
+        self.backend.ping()
+    }
+
+    pub fn writes_ok(&self) -> Result<()> {
+        self.backend.writes_ok()
+    }
+
     pub fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
-        let payload = serde_json::to_string(&job.payload)
-            .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
-        let run_at = job.run_at.unwrap_or(now).as_micros();
-        let (priority, max_retries, timeout_seconds) =
-            (job.priority, job.max_retries, job.timeout_seconds);
-        let function = job.function.clone();
-        let limit = self.max_pending_jobs;
-        self.writes.write(move |writer| {
-            if limit > 0 && writer.pending_jobs() >= limit {
-                return Err(Error::QueueFull { limit });
-            }
-            writer.prepare_cached(INSERT_JOB)?.execute(params![
-                id,
-                payload,
-                priority,
-                run_at,
-                now.as_micros(),
-                max_retries,
-                timeout_seconds,
-                function
-            ])?;
-            writer.pending_changed(1);
-            Ok(())
-        })
+        self.backend.insert(id, job, now)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Job>> {
-        let raw = self
-            .read()
-            .prepare_cached(SELECT_BY_ID)?
-            .query_row([id], RawJob::from_row)
-            .optional()?;
-        raw.map(RawJob::into_job).transpose()
+        self.backend.get(id)
     }
 
-    /// Jobs newest first, optionally of one status and older than the job `before`.
     pub fn list(
         &self,
         status: Option<JobStatus>,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Page> {
-        let connection = self.read();
-        let before_seq = match before {
-            None => i64::MAX,
-            Some(id) => connection
-                .prepare_cached(SEQ_OF_ID)?
-                .query_row([id], |row| row.get(0))
-                .optional()?
-                .ok_or_else(|| {
-                    Error::Validation(format!(
-                        "before must be the id of an existing job; no job has id {id:?}"
-                    ))
-                })?,
-        };
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let raws = match status {
-            Some(status) => connection
-                .prepare_cached(LIST_BY_STATUS)?
-                .query_map(
-                    params![status.as_str(), before_seq, fetch],
-                    RawJob::from_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-            None => connection
-                .prepare_cached(LIST_ALL)?
-                .query_map(params![before_seq, fetch], RawJob::from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        };
-        drop(connection);
-        let has_more = raws.len() > limit;
-        let jobs = raws
-            .into_iter()
-            .take(limit)
-            .map(RawJob::into_job)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Page { jobs, has_more })
+        self.backend.list(status, before, limit)
     }
 
-    /// Marks the highest-priority due job `running` and returns it; `None` when nothing is due.
-    /// Writes go through one connection in order, so two workers never claim the same job.
     pub fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
-        // Unsynced: a claim lost in a crash leaves the job pending, and it simply runs later.
-        let raw = self
-            .writes
-            .write_unsynced(move |writer| in_savepoint(writer, |writer| claim_in(writer, now)))?;
-        raw.map(RawJob::into_job).transpose()
+        self.backend.claim_next_due(now)
     }
 
-    /// When the earliest pending job becomes due (possibly in the past); `None` if none waits.
     pub fn next_due_at(&self) -> Result<Option<Timestamp>> {
-        next_due_in(&self.read())
+        self.backend.next_due_at()
     }
 
-    /// Records how a running attempt ended. Returns `false` when that attempt is no longer the
-    /// job's running one (the job was deleted meanwhile), in which case nothing is written.
     pub fn finish_attempt(
         &self,
         job: &Job,
@@ -350,24 +269,13 @@ impl Store {
         details: &AttemptDetails,
         now: Timestamp,
     ) -> Result<bool> {
-        let finish = Finish::new(job, end, details, now)?;
-        // Unsynced: an outcome lost in a crash leaves the job running, and recovery at the
-        // next start treats that attempt as interrupted. Readers see it only once committed.
-        let redo = finish.redo();
-        let recorded = self.writes.write_unsynced_redone(
-            move |writer| in_savepoint(writer, |writer| finish.run(writer)),
-            redo,
-        )?;
+        let recorded = self.backend.finish_attempt(job, end, details, now)?;
         if recorded {
             self.attempt_recorded(job, end);
         }
         Ok(recorded)
     }
 
-    /// Records how an attempt ended and claims the next due job in the same write, so a busy
-    /// worker needs one trip through the writer per job. When nothing is due, also returns
-    /// when the next job will be, read inside the write: the reader connection cannot see it
-    /// yet if this write's batch has not committed (a retry it just scheduled, say).
     pub fn finish_and_claim_next(
         &self,
         job: &Job,
@@ -375,124 +283,27 @@ impl Store {
         details: &AttemptDetails,
         now: Timestamp,
     ) -> Result<FinishAndClaim> {
-        let finish = Finish::new(job, end, details, now)?;
-        let redo = finish.redo();
-        let write = move |writer: &mut Writer<'_>| {
-            in_savepoint(writer, |writer| {
-                let recorded = finish.run(writer)?;
-                let claimed = claim_in(writer, now)?;
-                let next_due = match claimed {
-                    Some(_) => None,
-                    None => next_due_in(writer)?,
-                };
-                Ok((recorded, claimed, next_due))
-            })
-        };
-        // A scheduled retry must be visible to every worker before one is woken for it, so
-        // that write waits for its commit; other outcomes need not.
-        let schedules_retry = matches!(
-            end,
-            AttemptEnd::Failed {
-                retry_at: Some(_),
-                ..
-            }
-        );
-        let (recorded, raw, next_due) = if schedules_retry {
-            self.writes.write(write)?
-        } else {
-            // Should the batch fail after this is answered, the outcome is redone; the claim
-            // is not (the job stays pending, and runs again).
-            self.writes.write_unsynced_redone(write, redo)?
-        };
-        if recorded {
+        let done = self.backend.finish_and_claim_next(job, end, details, now)?;
+        if done.recorded {
             self.attempt_recorded(job, end);
         }
-        Ok(FinishAndClaim {
-            recorded,
-            next: raw.map(RawJob::into_job).transpose()?,
-            next_due,
-        })
+        Ok(done)
     }
 
-    /// Manual retry: a `failed` or `timeout` job starts over with its full retry budget.
     pub fn retry(&self, id: &str, now: Timestamp) -> Result<Job> {
-        let id = id.to_string();
-        let raw = self.writes.write(move |writer| {
-            let status: Option<String> = writer
-                .prepare_cached(STATUS_OF_ID)?
-                .query_row([&id], |row| row.get(0))
-                .optional()?;
-            let status: JobStatus = status.ok_or_else(|| not_found(&id))?.parse()?;
-            if !status.is_retryable() {
-                return Err(Error::InvalidState(format!(
-                    "job {id} is {status}; only failed, timeout or cancelled jobs can be retried"
-                )));
-            }
-            let raw = writer
-                .prepare_cached(RESTART_JOB)?
-                .query_row(params![id, now.as_micros()], RawJob::from_row)?;
-            writer.pending_changed(1);
-            Ok(raw)
-        })?;
-        raw.into_job()
+        self.backend.retry(id, now)
     }
 
-    /// Cancels a job: a pending one becomes `cancelled` here; a running one is returned as it
-    /// is, for the caller to stop its attempt (the worker then records `cancelled`); a job that
-    /// has ended is an `InvalidState`.
     pub fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel> {
-        let id = id.to_string();
-        let (cancelled, raw) = self.writes.write(move |writer| {
-            let raw = writer
-                .prepare_cached(SELECT_BY_ID)?
-                .query_row([&id], RawJob::from_row)
-                .optional()?
-                .ok_or_else(|| not_found(&id))?;
-            let changed = writer
-                .prepare_cached(CANCEL_PENDING)?
-                .execute(params![id, now.as_micros()])?;
-            if changed == 0 {
-                return Ok((false, raw));
-            }
-            writer.pending_changed(-1);
-            let raw = writer
-                .prepare_cached(SELECT_BY_ID)?
-                .query_row([&id], RawJob::from_row)?;
-            Ok((true, raw))
-        })?;
-        let job = raw.into_job()?;
-        match job.status {
-            _ if cancelled => {
-                self.job_ended(&job.id, Ending::Finished(job.status));
-                Ok(Cancel::Cancelled(job))
-            }
-            JobStatus::Running => Ok(Cancel::Running(job)),
-            status => Err(Error::InvalidState(format!(
-                "job {} is {status}; only pending or running jobs can be cancelled",
-                job.id
-            ))),
+        let cancel = self.backend.cancel(id, now)?;
+        if let Cancel::Cancelled(job) = &cancel {
+            self.job_ended(&job.id, Ending::Finished(job.status));
         }
+        Ok(cancel)
     }
 
-    /// Deletes a job and everything stored about it. Returns the job as it was, or `None` if
-    /// there was no such job (so a caller can stop an attempt that was running).
     pub fn delete(&self, id: &str) -> Result<Option<Job>> {
-        let id = id.to_string();
-        let raw = self.writes.write(move |writer| {
-            in_savepoint(writer, |writer| {
-                let raw = writer
-                    .prepare_cached(SELECT_BY_ID)?
-                    .query_row([&id], RawJob::from_row)
-                    .optional()?;
-                writer.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
-                writer.prepare_cached(DELETE_JOB)?.execute([&id])?;
-                if raw.as_ref().is_some_and(RawJob::is_pending) {
-                    writer.pending_changed(-1);
-                }
-                Ok(raw)
-            })
-        })?;
-        let deleted = raw.map(RawJob::into_job).transpose()?;
+        let deleted = self.backend.delete(id)?;
         // A job that had ended already passed `job_ended` then.
         if let Some(job) = deleted.as_ref().filter(|job| !job.status.is_terminal()) {
             self.job_ended(&job.id, Ending::Deleted);
@@ -500,43 +311,33 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Every attempt of a job in order; `None` if there is no such job.
     pub fn attempts(&self, id: &str) -> Result<Option<Vec<Attempt>>> {
-        let connection = self.read();
-        let seq: Option<i64> = connection
-            .prepare_cached(SEQ_OF_ID)?
-            .query_row([id], |row| row.get(0))
-            .optional()?;
-        let Some(seq) = seq else {
-            return Ok(None);
-        };
-        let raws = connection
-            .prepare_cached(ATTEMPTS_OF_JOB)?
-            .query_map([seq], RawAttempt::from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        drop(connection);
-        raws.into_iter()
-            .map(RawAttempt::into_attempt)
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.backend.attempts(id)
     }
 
-    /// Jobs marked `running`: at start these are attempts a crash interrupted. A row that
-    /// cannot be read is logged and skipped rather than refusing the whole start.
-    pub fn running_jobs(&self) -> Result<Vec<Job>> {
-        let raws = self
-            .read()
-            .prepare_cached(RUNNING_JOBS)?
-            .query_map([], RawJob::from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(raws
-            .into_iter()
-            .filter_map(|raw| {
-                raw.into_job()
-                    .map_err(|err| log::error!("skipping an unreadable running job: {err}"))
-                    .ok()
-            })
-            .collect())
+    pub fn heartbeat(&self, now: Timestamp) -> Result<()> {
+        self.backend.heartbeat(now)
+    }
+
+    pub fn lost_attempts(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        include_own: bool,
+    ) -> Result<Vec<Job>> {
+        self.backend.lost_attempts(now, lease, include_own)
+    }
+
+    pub fn forget_nodes(&self, now: Timestamp, lease: Duration, leaving: bool) -> Result<()> {
+        self.backend.forget_nodes(now, lease, leaving)
+    }
+
+    pub fn running_here(&self) -> Result<Vec<RunningHere>> {
+        self.backend.running_here()
+    }
+
+    pub fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {
+        self.backend.watch_other_nodes(on_queued)
     }
 
     /// Passes the job to `job_ended` if the outcome just recorded for its attempt ends it.
@@ -547,811 +348,76 @@ impl Store {
     }
 
     /// The one point every job passes when it ends for good: a worker's outcome that leaves it
-    /// success, failed, timeout or cancelled (a crash recovery's too), the cancel of a pending
-    /// job, and the delete of a job that had not ended. A scheduled retry or a release is no
-    /// end; a manual retry starts the job over, and it ends here again. Nothing listens yet:
-    /// metrics and webhooks hang here. Runs on the caller's thread once its write is answered,
-    /// outside the batch, so it costs the writer nothing; a worker's outcome may be answered
-    /// before its batch is on disk, so after a crash a job can end here twice.
+    /// success, failed, timeout or cancelled (a recovery's too), the cancel of a pending job,
+    /// and the delete of a job that had not ended. A scheduled retry or a release is no end; a
+    /// manual retry starts the job over, and it ends here again. Nothing listens yet: metrics
+    /// and webhooks hang here. Runs on the caller's thread once its write is answered; a
+    /// worker's outcome may be answered before it is on disk (SQLite), so after a crash a job
+    /// can end here twice.
     fn job_ended(&self, id: &str, ending: Ending) {
         debug_assert!(
             !matches!(ending, Ending::Finished(status) if !status.is_terminal()),
             "job {id} reported ended as {ending:?}"
         );
         #[cfg(test)]
-        self.ended.lock().unwrap().push((id.to_string(), ending));
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((id.to_string(), ending));
+        #[cfg(not(test))]
+        let _ = (id, ending);
+    }
+
+    /// What `job_ended` saw so far.
+    #[cfg(test)]
+    pub(crate) fn ended(&self) -> Vec<(String, Ending)> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
-/// Claims the highest-priority due job inside a write: one seek per priority, highest
-/// first, ten index lookups at worst. Two statements: the caller runs it in a savepoint.
-fn claim_in(writer: &mut Writer<'_>, now: Timestamp) -> Result<Option<RawJob>> {
-    let now = now.as_micros();
-    for priority in (0..=MAX_PRIORITY).rev() {
-        let due: Option<i64> = writer
-            .prepare_cached(DUE_AT_PRIORITY)?
-            .query_row(params![priority, now], |row| row.get(0))
-            .optional()?;
-        if let Some(seq) = due {
-            let raw = writer
-                .prepare_cached(START_ATTEMPT)?
-                .query_row(params![seq, now], RawJob::from_row)?;
-            let attempt: u32 = writer
-                .prepare_cached(INSERT_ATTEMPT)?
-                .query_row(params![seq, now], |row| row.get(0))?;
-            writer.pending_changed(-1);
-            return Ok(Some(raw.with_attempt(attempt)));
-        }
-    }
-    Ok(None)
-}
-
-fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
-    let micros: Option<i64> = connection
-        .prepare_cached(NEXT_DUE_AT)?
-        .query_row([], |row| row.get(0))?;
-    Ok(micros.map(Timestamp::from_micros))
-}
-
-/// The end of an attempt, encoded for `FINISH_ATTEMPT`.
-#[derive(Clone)]
-struct Finish {
-    /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
-    seq: i64,
-    started_at: Option<i64>,
-    details: AttemptDetails,
-    status: &'static str,
-    finished_at: i64,
-    result: Option<String>,
-    error: Option<String>,
-    retry_at: Option<i64>,
-}
-
-impl Finish {
-    fn new(
-        job: &Job,
-        end: &AttemptEnd,
-        details: &AttemptDetails,
-        now: Timestamp,
-    ) -> Result<Finish> {
-        let (status, result, error, retry_at) = match end {
-            AttemptEnd::Succeeded { result } => {
-                let encoded = serde_json::to_string(result)
-                    .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
-                ("success", Some(encoded), None, None)
-            }
-            AttemptEnd::Failed {
-                error,
-                retry_at: Some(at),
-            } => ("pending", None, Some(error.clone()), Some(at.as_micros())),
-            AttemptEnd::Failed {
-                error,
-                retry_at: None,
-            } => ("failed", None, Some(error.clone()), None),
-            AttemptEnd::TimedOut { error } => ("timeout", None, Some(error.clone()), None),
-            AttemptEnd::Released { reason } => ("released", None, Some(reason.clone()), None),
-            AttemptEnd::Cancelled { reason } => ("cancelled", None, Some(reason.clone()), None),
-        };
-        Ok(Finish {
-            seq: job.seq,
-            started_at: job.started_at.map(Timestamp::as_micros),
-            details: details.clone(),
-            status,
-            finished_at: now.as_micros(),
-            result,
-            error,
-            retry_at,
-        })
-    }
-
-    /// The same outcome, to record again if the batch that first recorded it fails to commit
-    /// after its worker was answered. Harmless if the job has moved on: the statements only
-    /// touch the attempt while it is still running.
-    fn redo(&self) -> impl FnMut(&mut Writer<'_>) -> Result<()> + Send + 'static {
-        let finish = self.clone();
-        move |writer| in_savepoint(writer, |writer| finish.run(writer).map(|_| ()))
-    }
-
-    /// Returns whether the job was still running (and so was updated). The attempt's own row
-    /// is closed either way. Two statements: the caller runs it in a savepoint.
-    fn run(&self, writer: &mut Writer<'_>) -> Result<bool> {
-        let attempt_status = match self.status {
-            "pending" => "failed",
-            "released" => "interrupted",
-            other => other,
-        };
-        writer.prepare_cached(FINISH_ATTEMPT_ROW)?.execute(params![
-            self.seq,
-            self.started_at,
-            attempt_status,
-            self.finished_at,
-            self.result,
-            self.error,
-            self.details.exit_code,
-            self.details.stderr_tail
-        ])?;
-        let changed = writer.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-            self.seq,
-            self.status,
-            self.finished_at,
-            self.result,
-            self.error,
-            self.retry_at,
-            self.started_at
-        ])?;
-        // A retry or a release puts the job back in the queue.
-        if changed > 0 && matches!(self.status, "pending" | "released") {
-            writer.pending_changed(1);
-        }
-        Ok(changed > 0)
-    }
-}
-
-/// Per-connection settings. WAL lets the reader run beside the writer. `FULL` syncs the WAL on
-/// every commit, so an acknowledged job survives power loss; `NORMAL` syncs only at
-/// checkpoints, so it survives a process crash but may lose the last commits on power loss.
-fn configure(connection: &Connection, sync: SyncMode) -> Result<()> {
-    connection.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Startup(format!(
-            "the database refused WAL mode (journal_mode is {mode})"
-        )));
-    }
-    let synchronous = match sync {
-        SyncMode::EveryCommit => "FULL",
-        SyncMode::Deferred => "NORMAL",
-    };
-    connection.pragma_update(None, "synchronous", synchronous)?;
-    Ok(())
-}
-
-/// `err` from opening `path`, as `DatabaseUnusable` when the file is what is wrong (as opposed
-/// to, say, a full disk), with the reason in words where SQLite's would puzzle.
-fn unusable_file(path: &Path, err: Error) -> Error {
-    let Error::Storage {
-        kind: StorageFailure::CannotOpen | StorageFailure::Unusable | StorageFailure::ReadOnly,
-        detail,
-    } = &err
-    else {
-        return err;
-    };
-    let parent = match path.parent() {
-        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
-        Some(parent) => parent,
-        None => Path::new("/"),
-    };
-    let reason = if path.is_dir() {
-        format!(
-            "it is a directory; name a file in it, e.g. {}",
-            path.join("mini_lambda.db").display()
-        )
-    } else if !parent.exists() {
-        format!("the directory {} does not exist", parent.display())
-    } else if !parent.is_dir() {
-        format!("{} is not a directory", parent.display())
-    } else {
-        detail.clone()
-    };
-    Error::DatabaseUnusable(format!(
-        "cannot open the database file {}: {reason}",
-        path.display()
-    ))
-}
-
-fn not_found(id: &str) -> Error {
+/// Job ids are UUIDs; a store asked for anything else finds nothing.
+pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound(format!("no job with id {id}"))
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    /// A store on a fresh file in its own directory, removed when dropped.
-    struct TempStore {
-        store: Store,
-        dir: test_dir::TestDir,
-    }
-
-    impl std::ops::Deref for TempStore {
-        type Target = Store;
-        fn deref(&self) -> &Store {
-            &self.store
-        }
-    }
-
-    fn temp_store() -> TempStore {
-        let dir = test_dir::TestDir::new("store");
-        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
-        TempStore { store, dir }
-    }
-
-    /// Job "a", submitted at 1 µs with no schedule, claimed at `at` µs.
-    fn insert_and_claim(store: &Store, at: i64) -> Job {
-        store
-            .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
-            .unwrap();
-        store
-            .claim_next_due(Timestamp::from_micros(at))
-            .unwrap()
-            .unwrap()
-    }
-
-    fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
-        NewJob {
-            payload: json!({"n": priority}),
-            timeout_seconds: 5,
-            max_retries: 1,
-            priority,
-            run_at: run_at.map(Timestamp::from_micros),
-            function: None,
-        }
-    }
-
-    fn plan(store: &Store, sql: &str) -> String {
-        let connection = store.read();
-        let mut statement = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap();
-        // Unbound parameters are NULL; the plan does not depend on their values.
-        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
-        let rows = statement
-            .query_map(rusqlite::params_from_iter(nulls), |row| {
-                row.get::<_, String>(3)
-            })
-            .unwrap()
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .unwrap();
-        rows.join("\n")
-    }
 
     #[test]
-    fn claims_highest_priority_first_then_oldest() {
-        let store = temp_store();
-        let now = Timestamp::from_micros(1_000);
-        store.insert("low".into(), &new_job(0, None), now).unwrap();
-        store
-            .insert("high-1".into(), &new_job(5, None), now)
-            .unwrap();
-        store
-            .insert("high-2".into(), &new_job(5, None), now)
-            .unwrap();
-        store
-            .insert("future".into(), &new_job(9, Some(5_000)), now)
-            .unwrap();
-        let order: Vec<String> = std::iter::from_fn(|| store.claim_next_due(now).unwrap())
-            .map(|job| job.id)
-            .collect();
-        assert_eq!(order, ["high-1", "high-2", "low"]);
-        assert_eq!(
-            store.next_due_at().unwrap(),
-            Some(Timestamp::from_micros(5_000))
-        );
-        let later = store
-            .claim_next_due(Timestamp::from_micros(5_000))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (later.id.as_str(), later.status),
-            ("future", JobStatus::Running)
-        );
-    }
-
-    #[test]
-    fn finishing_a_deleted_job_writes_nothing() {
-        let store = temp_store();
-        let now = Timestamp::from_micros(1);
-        store.insert("a".into(), &new_job(0, None), now).unwrap();
-        let attempt = store.claim_next_due(now).unwrap().unwrap();
-        assert!(store.delete("a").unwrap().is_some());
-        let end = AttemptEnd::Succeeded { result: json!(1) };
-        assert!(!store
-            .finish_attempt(&attempt, &end, &AttemptDetails::default(), now)
-            .unwrap());
-        assert!(store.get("a").unwrap().is_none());
-    }
-
-    #[test]
-    fn an_outcome_lands_only_on_its_own_attempt() {
-        let store = temp_store();
-        let first = insert_and_claim(&store, 2);
-        let released = AttemptEnd::Released {
-            reason: "test".into(),
-        };
-        assert!(store
-            .finish_attempt(
-                &first,
-                &released,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(3)
-            )
-            .unwrap());
-        let second = store
-            .claim_next_due(Timestamp::from_micros(4))
-            .unwrap()
-            .unwrap();
-        // The first attempt's outcome arriving late must not end the second attempt.
-        let late = AttemptEnd::Succeeded {
-            result: json!("stale"),
-        };
-        assert!(!store
-            .finish_attempt(
-                &first,
-                &late,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(5)
-            )
-            .unwrap());
-        assert_eq!(store.get("a").unwrap().unwrap().status, JobStatus::Running);
-        let done = AttemptEnd::Succeeded {
-            result: json!("fresh"),
-        };
-        assert!(store
-            .finish_attempt(
-                &second,
-                &done,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(6)
-            )
-            .unwrap());
-        assert_eq!(
-            store.get("a").unwrap().unwrap().result,
-            Some(json!("fresh"))
-        );
-    }
-
-    #[test]
-    fn finishing_without_a_claim_reports_when_the_next_job_is_due() {
-        let store = temp_store();
-        let attempt = insert_and_claim(&store, 2);
-        let retry = AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at: Some(Timestamp::from_micros(90)),
-        };
-        let done = store
-            .finish_and_claim_next(
-                &attempt,
-                &retry,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(3),
-            )
-            .unwrap();
-        assert!(done.recorded && done.next.is_none());
-        assert_eq!(done.next_due, Some(Timestamp::from_micros(90)));
-    }
-
-    #[test]
-    fn pages_walk_newest_first_with_a_cursor() {
-        let store = temp_store();
-        for n in 0..5 {
-            store
-                .insert(
-                    format!("job-{n}"),
-                    &new_job(0, None),
-                    Timestamp::from_micros(n),
-                )
-                .unwrap();
-        }
-        let first = store.list(None, None, 2).unwrap();
-        let ids: Vec<&str> = first.jobs.iter().map(|job| job.id.as_str()).collect();
-        assert_eq!((ids, first.has_more), (vec!["job-4", "job-3"], true));
-        let last = store.list(None, Some("job-1"), 2).unwrap();
-        let ids: Vec<&str> = last.jobs.iter().map(|job| job.id.as_str()).collect();
-        assert_eq!((ids, last.has_more), (vec!["job-0"], false));
-        assert!(matches!(
-            store.list(None, Some("nope"), 2),
-            Err(Error::Validation(_))
-        ));
-    }
-
-    #[test]
-    fn every_api_query_uses_an_index() {
-        let store = temp_store();
-        // Each statement must seek (SEARCH) an index on the columns it constrains; a SCAN or a
-        // sort would grow with the number of jobs.
+    fn a_password_never_reaches_the_log() {
         let cases = [
-            (LIST_ALL, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid<?)"),
             (
-                LIST_BY_STATUS,
-                "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq<?)",
+                "postgres://app:s3cret@db.internal:5432/jobs",
+                "postgres://app:***@db.internal:5432/jobs",
             ),
-            (
-                SELECT_BY_ID,
-                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
-            ),
-            (
-                SEQ_OF_ID,
-                "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)",
-            ),
-            (
-                DUE_AT_PRIORITY,
-                "SEARCH jobs USING COVERING INDEX jobs_pending_by_priority (priority=? AND run_at<?)",
-            ),
-            (
-                START_ATTEMPT,
-                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
-            ),
-            (
-                NEXT_DUE_AT,
-                "SEARCH jobs USING COVERING INDEX jobs_pending_by_priority (priority=?)",
-            ),
-            (
-                RUNNING_JOBS,
-                "SEARCH jobs USING INDEX jobs_by_status (status=?)",
-            ),
-            (
-                FINISH_ATTEMPT,
-                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
-            ),
-            (
-                DELETE_JOB,
-                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
-            ),
-            (
-                CANCEL_PENDING,
-                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
-            ),
-            (INSERT_ATTEMPT, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (FINISH_ATTEMPT_ROW, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
-            (PROBE_WRITE, "SEARCH write_probe USING INTEGER PRIMARY KEY (rowid=?)"),
+            ("postgres://app@db/jobs", "postgres://app@db/jobs"),
+            ("postgres://db/jobs", "postgres://db/jobs"),
+            ("host=db user=app", "host=db user=app"),
         ];
-        for (sql, expected) in cases {
-            let plan = plan(&store, sql);
-            assert!(plan.lines().any(|line| line == expected), "{sql}\n{plan}");
-            assert!(
-                !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
-                "{sql}\n{plan}"
-            );
+        for (url, shown) in cases {
+            assert_eq!(Location::Postgres(url.into()).describe(), shown);
         }
-    }
-
-    #[test]
-    fn attempts_are_numbered_closed_and_deleted_with_their_job() {
-        let store = temp_store();
-        let first = insert_and_claim(&store, 10);
-        let retry = AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at: Some(Timestamp::from_micros(20)),
-        };
-        store
-            .finish_attempt(
-                &first,
-                &retry,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(2_010),
-            )
-            .unwrap();
-        let second = store
-            .claim_next_due(Timestamp::from_micros(30))
-            .unwrap()
-            .unwrap();
-        let attempts = store.attempts("a").unwrap().unwrap();
-        let summary: Vec<(u32, &str, Option<i64>)> = attempts
-            .iter()
-            .map(|a| (a.attempt, a.status.as_str(), a.duration_ms))
-            .collect();
-        assert_eq!(summary, vec![(1, "failed", Some(2)), (2, "running", None)]);
-        assert_eq!(attempts[0].error_message.as_deref(), Some("boom"));
-        let done = AttemptEnd::Succeeded {
-            result: json!({"ok": true}),
-        };
-        store
-            .finish_attempt(
-                &second,
-                &done,
-                &AttemptDetails::default(),
-                Timestamp::from_micros(40),
-            )
-            .unwrap();
-        let attempts = store.attempts("a").unwrap().unwrap();
-        assert_eq!(attempts[1].result, Some(json!({"ok": true})));
-        assert!(store.delete("a").unwrap().is_some());
-        assert!(store.attempts("a").unwrap().is_none());
-        let left: i64 = store
-            .read()
-            .query_row("SELECT count(*) FROM attempts", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
-    }
-
-    #[test]
-    fn cancel_ends_a_pending_job_and_reports_a_running_one() {
-        let store = temp_store();
-        let now = Timestamp::from_micros(1);
-        store
-            .insert("waiting".into(), &new_job(0, Some(1_000)), now)
-            .unwrap();
-        store.insert("busy".into(), &new_job(9, None), now).unwrap();
-        store
-            .claim_next_due(Timestamp::from_micros(2))
-            .unwrap()
-            .unwrap();
-        match store.cancel("waiting", Timestamp::from_micros(3)).unwrap() {
-            Cancel::Cancelled(job) => assert_eq!(job.status, JobStatus::Cancelled),
-            Cancel::Running(job) => panic!("a pending job is cancelled at once: {job:?}"),
-        }
-        assert!(store
-            .claim_next_due(Timestamp::from_micros(5_000))
-            .unwrap()
-            .is_none());
-        match store.cancel("busy", Timestamp::from_micros(4)).unwrap() {
-            Cancel::Running(job) => assert_eq!(job.status, JobStatus::Running),
-            Cancel::Cancelled(job) => panic!("a running job is left to its worker: {job:?}"),
-        }
-        assert!(matches!(
-            store.cancel("waiting", Timestamp::from_micros(5)),
-            Err(Error::InvalidState(_))
-        ));
-        assert!(matches!(store.cancel("nope", now), Err(Error::NotFound(_))));
-    }
-
-    #[test]
-    fn every_end_of_a_job_passes_job_ended_exactly_once() {
-        let store = temp_store();
-        let now = Timestamp::from_micros(10);
-        let details = AttemptDetails::default();
-        let start = |id: &str| {
-            store.insert(id.into(), &new_job(0, None), now).unwrap();
-            store.claim_next_due(now).unwrap().unwrap()
-        };
-        let succeeded = || AttemptEnd::Succeeded { result: json!(1) };
-        let ended = || store.ended.lock().unwrap().clone();
-
-        // A worker's outcome, recorded either way.
-        let done = start("done");
-        assert!(store
-            .finish_attempt(&done, &succeeded(), &details, now)
-            .unwrap());
-        let slow = start("slow");
-        let timed_out = AttemptEnd::TimedOut {
-            error: "slow".into(),
-        };
-        let recorded = store.finish_and_claim_next(&slow, &timed_out, &details, now);
-        assert!(recorded.unwrap().recorded);
-        // A scheduled retry and a release put the job back: no end until a later attempt's.
-        let failing = start("failing");
-        let retry_at = Timestamp::from_micros(20);
-        let failed = |retry_at| AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at,
-        };
-        store
-            .finish_and_claim_next(&failing, &failed(Some(retry_at)), &details, now)
-            .unwrap();
-        let released = start("released");
-        let release = AttemptEnd::Released {
-            reason: "shutdown".into(),
-        };
-        store
-            .finish_attempt(&released, &release, &details, now)
-            .unwrap();
-        assert_eq!(ended().len(), 2, "{:?}", ended());
-        let again = store.claim_next_due(now).unwrap().unwrap();
-        assert_eq!(again.id, "released");
-        store
-            .finish_attempt(&again, &succeeded(), &details, now)
-            .unwrap();
-        let retried = store.claim_next_due(retry_at).unwrap().unwrap();
-        assert_eq!(retried.id, "failing");
-        store
-            .finish_attempt(&retried, &failed(None), &details, retry_at)
-            .unwrap();
-
-        // Cancel: a pending job ends at once, a running one when its worker records it.
-        store
-            .insert("waiting".into(), &new_job(0, None), now)
-            .unwrap();
-        assert!(matches!(
-            store.cancel("waiting", now).unwrap(),
-            Cancel::Cancelled(_)
-        ));
-        let busy = start("busy");
-        assert!(matches!(
-            store.cancel("busy", now).unwrap(),
-            Cancel::Running(_)
-        ));
-        let cancelled = AttemptEnd::Cancelled {
-            reason: "by request".into(),
-        };
-        store
-            .finish_attempt(&busy, &cancelled, &details, now)
-            .unwrap();
-
-        // Delete ends a job that had not ended; a deleted attempt's outcome is dropped.
-        store
-            .insert("unwanted".into(), &new_job(0, None), now)
-            .unwrap();
-        store.delete("unwanted").unwrap();
-        let doomed = start("doomed");
-        store.delete("doomed").unwrap();
-        assert!(!store
-            .finish_attempt(&doomed, &succeeded(), &details, now)
-            .unwrap());
-        store.delete("done").unwrap();
-
-        // A manual retry starts the job over, and it ends again.
-        store.retry("slow", now).unwrap();
-        let rerun = store.claim_next_due(now).unwrap().unwrap();
-        store
-            .finish_attempt(&rerun, &succeeded(), &details, now)
-            .unwrap();
-
-        let finished = |id: &str, status| (id.to_string(), Ending::Finished(status));
-        assert_eq!(
-            ended(),
-            [
-                finished("done", JobStatus::Success),
-                finished("slow", JobStatus::Timeout),
-                finished("released", JobStatus::Success),
-                finished("failing", JobStatus::Failed),
-                finished("waiting", JobStatus::Cancelled),
-                finished("busy", JobStatus::Cancelled),
-                ("unwanted".to_string(), Ending::Deleted),
-                ("doomed".to_string(), Ending::Deleted),
-                finished("slow", JobStatus::Success),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_database_from_the_first_schema_is_migrated_and_keeps_its_jobs() {
-        let temp = temp_store();
-        let path = temp.dir.path().join("old.db");
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(schema::MIGRATIONS[0]).unwrap();
-        old.pragma_update(None, "user_version", 1).unwrap();
-        old.execute(
-            "INSERT INTO jobs (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds)
-             VALUES ('kept', '{\"n\":1}', 'pending', 3, 7, 5, 1, 30)",
-            [],
-        )
-        .unwrap();
-        drop(old);
-        let store = Store::open(&path, SyncMode::EveryCommit, 0).unwrap();
-        let version: i64 = store
-            .read()
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(version, schema::MIGRATIONS.len() as i64);
-        let job = store.get("kept").unwrap().unwrap();
-        assert_eq!((job.priority, job.payload), (3, json!({"n": 1})));
-        assert_eq!(
-            store.next_due_at().unwrap(),
-            Some(Timestamp::from_micros(7))
-        );
-    }
-
-    /// The pending count kept in memory, and the one SQL finds.
-    fn pending_counts(store: &Store) -> (u64, u64) {
-        let counted: u64 = store
-            .read()
-            .query_row(COUNT_PENDING, [], |row| row.get(0))
-            .unwrap();
-        (store.writes.pending(), counted)
-    }
-
-    #[test]
-    fn the_pending_count_follows_every_change_of_status() {
-        let store = temp_store();
-        let at = Timestamp::from_micros;
-        let no_details = AttemptDetails::default();
-        for (id, run_at) in [("a", None), ("b", Some(1_000_000)), ("c", Some(2_000_000))] {
-            store.insert(id.into(), &new_job(0, run_at), at(1)).unwrap();
-        }
-        assert_eq!(pending_counts(&store), (3, 3));
-        let first = store.claim_next_due(at(2)).unwrap().unwrap();
-        assert_eq!(pending_counts(&store), (2, 2));
-        let retry = AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at: Some(at(3)),
-        };
-        store
-            .finish_attempt(&first, &retry, &no_details, at(3))
-            .unwrap();
-        assert_eq!(pending_counts(&store), (3, 3));
-        let second = store.claim_next_due(at(4)).unwrap().unwrap();
-        let released = AttemptEnd::Released {
-            reason: "shutdown".into(),
-        };
-        store
-            .finish_attempt(&second, &released, &no_details, at(5))
-            .unwrap();
-        assert_eq!(pending_counts(&store), (3, 3));
-        let third = store.claim_next_due(at(6)).unwrap().unwrap();
-        let failed = AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at: None,
-        };
-        let done = store
-            .finish_and_claim_next(&third, &failed, &no_details, at(7))
-            .unwrap();
-        assert!(done.recorded && done.next.is_none());
-        assert_eq!(pending_counts(&store), (2, 2));
-        store.retry("a", at(8)).unwrap();
-        assert_eq!(pending_counts(&store), (3, 3));
-        assert!(matches!(store.cancel("b", at(9)), Ok(Cancel::Cancelled(_))));
-        assert_eq!(pending_counts(&store), (2, 2));
-        assert!(store.delete("c").unwrap().is_some());
-        assert!(store.delete("b").unwrap().is_some());
-        assert_eq!(pending_counts(&store), (1, 1));
-        // A refused write leaves the count alone.
-        assert!(store.retry("a", at(10)).is_err());
-        assert_eq!(pending_counts(&store), (1, 1));
-        let reopened =
-            Store::open(&store.dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
-        assert_eq!(pending_counts(&reopened), (1, 1));
-    }
-
-    #[test]
-    fn a_submit_beyond_the_pending_limit_stores_nothing() {
-        let dir = test_dir::TestDir::new("store-limit");
-        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 2).unwrap();
-        let now = Timestamp::from_micros(1);
-        store.insert("a".into(), &new_job(0, None), now).unwrap();
-        store.insert("b".into(), &new_job(0, None), now).unwrap();
-        assert!(matches!(
-            store.insert("c".into(), &new_job(0, None), now),
-            Err(Error::QueueFull { limit: 2 })
-        ));
-        assert!(store.get("c").unwrap().is_none());
-        // A claimed job is no longer pending, so there is room again.
-        store.claim_next_due(now).unwrap().unwrap();
-        store.insert("c".into(), &new_job(0, None), now).unwrap();
-        assert_eq!(pending_counts(&store), (2, 2));
-    }
-
-    #[test]
-    fn a_path_that_cannot_be_a_database_says_why() {
-        let dir = test_dir::TestDir::new("store");
-        let reason = |path: &Path| match Store::open(path, SyncMode::EveryCommit, 0) {
-            Err(Error::DatabaseUnusable(message)) => message,
-            Err(other) => panic!(
-                "{}: expected DatabaseUnusable, got {other:?}",
-                path.display()
-            ),
-            Ok(_) => panic!("{}: opened", path.display()),
-        };
-        let missing = dir.path().join("missing").join("jobs.db");
-        assert_eq!(
-            reason(&missing),
-            format!(
-                "cannot open the database file {}: the directory {} does not exist",
-                missing.display(),
-                dir.path().join("missing").display()
-            )
-        );
-        assert!(
-            reason(dir.path()).contains(": it is a directory; name a file in it"),
-            "{}",
-            reason(dir.path())
-        );
-        let text = dir.path().join("notes.txt");
-        std::fs::write(
-            &text,
-            "not a database, just text that is long enough to have a header",
-        )
-        .unwrap();
-        assert!(
-            reason(&text).ends_with(": file is not a database"),
-            "{}",
-            reason(&text)
-        );
-    }
-
-    #[test]
-    fn a_database_from_a_newer_build_is_refused() {
-        let temp = temp_store();
-        let path = temp.dir.path().join("jobs.db");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        assert!(matches!(
-            Store::open(&path, SyncMode::EveryCommit, 0),
-            Err(Error::Startup(_))
-        ));
     }
 }

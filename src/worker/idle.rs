@@ -76,7 +76,8 @@ impl Waker {
         self.wake_one();
     }
 
-    fn wake_one(&self) {
+    /// Wakes one idle worker to look at the queue (another node may have queued a job).
+    pub fn wake_one(&self) {
         // Full means every idle worker already has a wake-up waiting: nothing is lost.
         let _ = self.sender.try_send(());
     }

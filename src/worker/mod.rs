@@ -3,15 +3,17 @@
 //!
 //! One file per concern, each depending only on those before it: `idle` (the idle/wake
 //! protocol: finding work, sleeping, the [`Waker`]), `attempt` (one attempt, run and recorded),
-//! `pool` (the threads: start, drain, abort, join) and `recovery` (the pass at start over
-//! attempts a crash interrupted). This file only names them. Running the job's work itself is
+//! `pool` (the threads: start, drain, abort, join), `recovery` (the pass over attempts
+//! whose node lost its lease) and `lease` (the node's heartbeat, and stopping attempts that
+//! were cancelled or deleted elsewhere). This file only names them. Running the job's work itself is
 //! the executor's (`crate::executor`); the SQL is the store's.
 
 mod attempt;
 mod idle;
+mod lease;
 mod pool;
 mod recovery;
 
 pub use idle::Waker;
+pub use lease::LeaseKeeper;
 pub use pool::WorkerPool;
-pub use recovery::recover_interrupted;

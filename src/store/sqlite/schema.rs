@@ -54,6 +54,21 @@ pub const MIGRATIONS: &[&str] = &[
     // other write has lately.
     "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at INTEGER NOT NULL);
      INSERT INTO write_probe (id, probed_at) VALUES (1, 0);",
+    // 6: leases. A job records its current attempt's number (the attempt's identity with the
+    // job) and, while it runs, the node running it; a cancel of a running job is recorded for
+    // that node to act on. `nodes` holds each node's heartbeat. Jobs left running by an older
+    // build have no node, so they count as lost and are recovered at the next start.
+    "ALTER TABLE jobs ADD COLUMN attempt INTEGER;
+     ALTER TABLE jobs ADD COLUMN node TEXT;
+     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE attempts ADD COLUMN node TEXT;
+     UPDATE jobs SET attempt = (SELECT max(attempt) FROM attempts WHERE attempts.job_seq = jobs.seq);
+     CREATE INDEX jobs_running_by_node ON jobs(node) WHERE status = 'running';
+     CREATE TABLE nodes (
+        id           TEXT PRIMARY KEY,
+        started_at   INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL
+     );",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.

@@ -1,4 +1,4 @@
-//! Turning a `jobs` row into a `Job`: SQLite hands back text and integers; parsing them can
+//! Turning SQLite's `jobs` and `attempts` rows into a `Job` and an `Attempt`: SQLite hands back text and integers; parsing them can
 //! fail on a damaged row, and that must be an error, never a panic.
 
 use rusqlite::Row;
@@ -25,18 +25,13 @@ pub struct RawJob {
     run_at: i64,
     function: Option<String>,
     seq: i64,
-    /// Set by a claim: the number of the attempt it opened.
     attempt: Option<u32>,
+    node: Option<String>,
 }
 
 impl RawJob {
     pub fn is_pending(&self) -> bool {
         self.status == "pending"
-    }
-
-    pub fn with_attempt(mut self, attempt: u32) -> RawJob {
-        self.attempt = Some(attempt);
-        self
     }
 
     pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -56,7 +51,8 @@ impl RawJob {
             run_at: row.get(12)?,
             function: row.get(13)?,
             seq: row.get(14)?,
-            attempt: None,
+            attempt: row.get(15)?,
+            node: row.get(16)?,
         })
     }
 
@@ -89,6 +85,7 @@ impl RawJob {
             function: self.function,
             seq: self.seq,
             attempt: self.attempt,
+            node: self.node,
             id: self.id,
         })
     }
@@ -104,6 +101,7 @@ pub struct RawAttempt {
     error_message: Option<String>,
     exit_code: Option<i32>,
     stderr_tail: Option<String>,
+    node: Option<String>,
 }
 
 impl RawAttempt {
@@ -117,6 +115,7 @@ impl RawAttempt {
             error_message: row.get(5)?,
             exit_code: row.get(6)?,
             stderr_tail: row.get(7)?,
+            node: row.get(8)?,
         })
     }
 
@@ -134,7 +133,7 @@ impl RawAttempt {
             })?;
         Ok(Attempt {
             attempt: self.attempt,
-            status: self.status,
+            status: self.status.parse()?,
             started_at: Timestamp::from_micros(self.started_at),
             finished_at: self.finished_at.map(Timestamp::from_micros),
             duration_ms: self
@@ -144,6 +143,7 @@ impl RawAttempt {
             error_message: self.error_message,
             exit_code: self.exit_code,
             stderr_tail: self.stderr_tail,
+            node: self.node,
         })
     }
 }
