@@ -161,11 +161,12 @@ pub const DELETE_JOB: &str = concat!(
     " FROM gone AS jobs"
 );
 /// The job's attempts in order, with a row of nulls for a job that has none; no row for no
-/// such job.
+/// such job. `LATERAL`: the attempts are one seek on their key per job.
 pub const ATTEMPTS_OF_JOB: &str = concat!(
     "SELECT ",
     super::row::attempt_columns!(),
-    " FROM jobs LEFT JOIN attempts ON attempts.job_seq = jobs.seq
+    " FROM jobs LEFT JOIN LATERAL (SELECT * FROM attempts WHERE attempts.job_seq = jobs.seq)
+        AS attempts ON true
      WHERE jobs.id = $1 ORDER BY attempts.attempt"
 );
 
