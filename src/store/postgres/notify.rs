@@ -25,6 +25,9 @@ pub const CHANNEL: &str = "minilambda_jobs";
 
 /// How often `on_queued` is called while `LISTEN` is unavailable.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the listening thread blocks at a time before it checks whether to stop: a
+/// store's drop (at the end of a shutdown) waits at most this long for the thread.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How often `LISTEN` is tried again while it is unavailable.
 const RELISTEN_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the listening connection may be silent before it is checked for life (a network
@@ -134,8 +137,8 @@ impl Listener {
             let mut heard = false;
             {
                 let mut notifications = client.notifications();
-                let mut iter = notifications.timeout_iter(POLL_INTERVAL);
-                // Ends after a second without a notification, or when the connection closes.
+                let mut iter = notifications.timeout_iter(WAIT_SLICE);
+                // Ends after a slice without a notification, or when the connection closes.
                 while let Some(notification) = iter.next()? {
                     heard = true;
                     if notification.payload() == self.schema {
@@ -148,7 +151,7 @@ impl Listener {
             }
             // An iterator that ended early, with nothing heard, saw the connection close;
             // a silent connection is checked now and then.
-            let early = !heard && started.elapsed() < POLL_INTERVAL / 2;
+            let early = !heard && started.elapsed() < WAIT_SLICE / 2;
             if early || client.is_closed() || last_check.elapsed() >= CHECK_INTERVAL {
                 client.is_valid(Duration::from_secs(5))?;
                 last_check = Instant::now();

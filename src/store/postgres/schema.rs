@@ -75,6 +75,8 @@ const MIGRATION_LOCK: i64 = 0x6d6c_6d69;
 pub fn migrate(connection: &mut Connection) -> Result<String, Failure> {
     let mut transaction = connection.client().transaction()?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    // Not "relation already exists, skipping" in the log at every start.
+    transaction.batch_execute("SET LOCAL client_min_messages = warning")?;
     create_first_schema(&mut transaction)?;
     let schema: Option<String> = transaction
         .query_one("SELECT current_schema()", &[])?
