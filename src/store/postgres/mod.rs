@@ -208,9 +208,10 @@ impl Backend for PostgresStore {
             let before_seq: i64 = match before {
                 None => i64::MAX,
                 Some(id) => {
-                    let seq = match is_storable(id) {
-                        true => session.query_opt(SEQ_OF_ID, &[&id])?,
-                        false => None,
+                    let seq = if is_storable(id) {
+                        session.query_opt(SEQ_OF_ID, &[&id])?
+                    } else {
+                        None
                     };
                     seq.ok_or_else(|| {
                         Error::Validation(format!(
@@ -529,9 +530,10 @@ impl Finish {
         &self,
         session: &mut Session<'_, C>,
     ) -> Result<bool, Failure> {
-        let sql = match self.requeued {
-            true => FINISH_ATTEMPT_REQUEUED,
-            false => FINISH_ATTEMPT,
+        let sql = if self.requeued {
+            FINISH_ATTEMPT_REQUEUED
+        } else {
+            FINISH_ATTEMPT
         };
         let changed = session.execute(
             sql,
@@ -568,8 +570,9 @@ fn is_storable(id: &str) -> bool {
 
 /// Text to store: a NUL (a process's stderr may have one) becomes U+FFFD.
 fn storable(text: &str) -> Cow<'_, str> {
-    match text.contains('\0') {
-        true => Cow::Owned(text.replace('\0', "\u{FFFD}")),
-        false => Cow::Borrowed(text),
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
     }
 }
