@@ -437,6 +437,10 @@ impl Backend for PostgresStore {
             .map_err(Error::from)
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {
         let watcher = Watcher::start(self.config.clone(), self.schema.clone(), on_queued)?;
         let mut slot = self
