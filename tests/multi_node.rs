@@ -136,6 +136,7 @@ fn jobs_submitted_round_robin_to_three_nodes_run_once_each_and_read_the_same_eve
         ran_on.insert(node);
     }
     assert!(ran_on.len() >= 2, "all 60 jobs ran on one node: {ran_on:?}");
+    eprintln!("60 jobs ran once each, on {ran_on:?}");
 }
 
 fn quick_job(submitter: usize, n: usize) -> Value {
@@ -237,6 +238,10 @@ fn a_killed_nodes_running_attempts_are_recovered_by_the_others_after_its_lease()
         );
     }
     assert!(recovered >= on_victim.len());
+    eprintln!(
+        "{} jobs acknowledged, {recovered} attempts of node-b recovered, all ended success",
+        all.len()
+    );
     let logs = survivor.stderr_text() + &other.stderr_text();
     assert!(
         logs.contains("node node-b stopped while it ran attempt"),
