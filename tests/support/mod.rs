@@ -808,6 +808,9 @@ impl TestServer {
             // killed predecessor left running at once, as on SQLite, instead of after the
             // lease. Multi-node tests name their nodes themselves (below, the test's env wins).
             cmd.env("NODE_ID", &self.node_id);
+            // Few connections each: the PostgreSQL server's `max_connections` (100 by default)
+            // is shared by every server of the tests running at once, three per multi-node test.
+            cmd.env("DATABASE_POOL_SIZE", "4");
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
