@@ -46,7 +46,9 @@ fn none_with_status(server: &TestServer, status: &str) -> bool {
 fn repeated_kill_9_under_concurrent_submits_loses_no_job_and_leaves_none_unfinished() {
     let started = Instant::now();
     let cycles = cycles();
+    // SQLite: the end checks the database file itself.
     let mut server = TestServer::builder()
+        .sqlite()
         // Jobs a crash interrupts come back after a short backoff, so the drain stays short.
         .env("RETRY_BACKOFF_MS", "10")
         .env("RETRY_BACKOFF_MAX_MS", "50")

@@ -84,6 +84,7 @@ fn a_full_disk_refuses_submits_with_503_keeps_every_acknowledged_job_and_recover
     let db = disk.path().join("jobs.db");
     // Declared after the disk, so the server is stopped before the disk is unmounted.
     let mut server = TestServer::builder()
+        .sqlite()
         .env("DATABASE_URL", &format!("sqlite://{}", db.display()))
         .start();
     server.wait_healthy();
@@ -171,6 +172,7 @@ fn on_a_full_disk_a_finished_attempt_is_recorded_once_space_returns_and_no_job_r
     };
     let db = disk.path().join("jobs.db");
     let server = TestServer::builder()
+        .sqlite()
         .env("DATABASE_URL", &format!("sqlite://{}", db.display()))
         .env("WORKER_COUNT", "1")
         .start();

@@ -150,7 +150,7 @@ fn version_prints_name_and_version_and_exits_0() {
 
 #[test]
 fn stdout_is_exactly_the_listening_line_and_the_database_is_created() {
-    let server = TestServer::start();
+    let server = TestServer::builder().sqlite().start();
     let id = server.submit(json!({"payload": {"duration_ms": 0}}));
     server.wait_for_status(&id, "success", secs(10));
     assert_eq!(server.get("/health").status, 200);

@@ -2,7 +2,15 @@
 //! starts the real server binary on `127.0.0.1:0` with a private database, a
 //! tiny HTTP/1.1 client over `TcpStream`, polling helpers and timestamp
 //! parsing. Each test binary uses a subset of this module.
+//!
+//! The database is SQLite, or a fresh PostgreSQL schema per server when
+//! `TEST_POSTGRES_URL` is set and the build has `--features postgres` (`database`).
 #![allow(dead_code)]
+
+mod database;
+
+#[allow(unused_imports)]
+pub use database::{postgres_url, Database, Schema, NEEDS_POSTGRES};
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -655,14 +663,30 @@ fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     buf
 }
 
-/// Builder for [`TestServer`]: extra environment variables.
+/// Builder for [`TestServer`]: extra environment variables, and the database.
 #[derive(Default)]
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
     open_files: Option<u64>,
+    /// `None`: whatever the environment selects ([`Database::from_env`]).
+    database: Option<Database>,
 }
 
 impl ServerBuilder {
+    /// Runs on SQLite whatever the environment selects: for tests about the database file
+    /// itself (its path, its disk, its contents).
+    pub fn sqlite(mut self) -> Self {
+        self.database = Some(Database::Sqlite);
+        self
+    }
+
+    /// Runs on this database: several servers given the same PostgreSQL schema are nodes of
+    /// one cluster.
+    pub fn database(mut self, database: &Database) -> Self {
+        self.database = Some(database.clone());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -677,9 +701,18 @@ impl ServerBuilder {
 
     pub fn start(self) -> TestServer {
         let dir = unique_temp_dir();
+        // A test that names its own DATABASE_URL gets exactly that, and no schema.
+        let explicit_url = self.env.iter().any(|(key, _)| key == "DATABASE_URL");
+        let database = match self.database {
+            Some(database) => database,
+            None if explicit_url => Database::Sqlite,
+            None => Database::from_env(),
+        };
         let mut server = TestServer {
             addr: "127.0.0.1:1".parse().unwrap(),
             dir,
+            database,
+            node_id: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             env: self.env,
             open_files: self.open_files,
             child: None,
@@ -692,11 +725,16 @@ impl ServerBuilder {
     }
 }
 
-/// One server process on `127.0.0.1:0` with its own database in a temp dir.
-/// Dropping it kills the process and removes the directory.
+/// One server process on `127.0.0.1:0` with its own database (a file in its temp dir, or
+/// a PostgreSQL schema) and its own temp dir as working directory. Dropping it kills the
+/// process, removes the directory, and drops the schema unless another server still uses it.
 pub struct TestServer {
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// Dropped after the process is killed (`Drop` runs before the fields go).
+    database: Database,
+    /// The `NODE_ID` given on PostgreSQL unless the test sets one; unique per server.
+    node_id: String,
     env: Vec<(String, String)>,
     open_files: Option<u64>,
     child: Option<Child>,
@@ -719,8 +757,26 @@ impl TestServer {
         &self.dir
     }
 
+    /// The SQLite file; panics on PostgreSQL (build such tests with `.sqlite()`).
     pub fn db_path(&self) -> PathBuf {
+        assert!(
+            !self.database.is_postgres(),
+            "db_path() of a server on {}: a test about the file needs TestServer::builder().sqlite()",
+            self.database.describe()
+        );
         self.dir.join("jobs.db")
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The `DATABASE_URL` this server is started with, unless the test gave its own.
+    fn database_url(&self) -> String {
+        match &self.database {
+            Database::Sqlite => format!("sqlite://{}", self.dir.join("jobs.db").display()),
+            Database::Postgres(schema) => schema.database_url(),
+        }
     }
 
     /// Changes (or adds) an environment variable for the next [`restart`](Self::restart).
@@ -745,11 +801,17 @@ impl TestServer {
             cmd.env_remove(var);
         }
         cmd.env("SERVER_ADDR", "127.0.0.1:0")
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", self.db_path().display()),
-            )
+            .env("DATABASE_URL", self.database_url())
             .env("RUST_LOG", "mini_lambda_rust=debug");
+        if self.database.is_postgres() {
+            // A fixed node id, kept across restarts: a restarted server recovers what its
+            // killed predecessor left running at once, as on SQLite, instead of after the
+            // lease. Multi-node tests name their nodes themselves (below, the test's env wins).
+            cmd.env("NODE_ID", &self.node_id);
+            // Few connections each: the PostgreSQL server's `max_connections` (100 by default)
+            // is shared by every server of the tests running at once, three per multi-node test.
+            cmd.env("DATABASE_POOL_SIZE", "4");
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -1065,8 +1127,9 @@ impl Drop for TestServer {
         }
         if thread::panicking() {
             eprintln!(
-                "----- server stderr ({}) -----\n{}\n----- end of server stderr -----",
+                "----- server stderr ({}, {}) -----\n{}\n----- end of server stderr -----",
                 self.dir.display(),
+                self.database.describe(),
                 self.stderr_text()
             );
         }
