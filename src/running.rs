@@ -51,7 +51,8 @@ impl RunningAttempts {
     /// runs on this node, so an unregistered attempt is one about to start.
     pub fn cancel(&self, id: &str, attempt: u32) {
         // Replacing a running slot drops its sender, which is the cancel.
-        self.lock().insert((id.to_string(), attempt), Slot::Cancelled);
+        self.lock()
+            .insert((id.to_string(), attempt), Slot::Cancelled);
     }
 
     /// The attempts registered now, cancelled or not.

@@ -68,13 +68,14 @@ fn json_sent(text: &str) -> Value {
 }
 
 /// Fields whose value differs from run to run: the README shows one run's.
-const VOLATILE: [&str; 6] = [
+const VOLATILE: [&str; 7] = [
     "id",
     "created_at",
     "started_at",
     "finished_at",
     "run_at",
     "duration_ms",
+    "node",
 ];
 
 /// `shown` (from the README) is what the server answered (`real`): the same fields, the same

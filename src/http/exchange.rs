@@ -1,5 +1,6 @@
-//! One connection's requests, in order: each is checked (framing, limits, token), routed,
-//! answered explicitly and logged in one line, and only then is the next one read. A request
+//! One connection's requests, in order: each is checked (framing, limits), passed through the
+//! middleware steps (token, access log), routed, answered explicitly, and only then is the
+//! next one read. A request
 //! whose framing is in doubt is answered and its connection closed, so whatever the client
 //! sent after it is never read as a request.
 
@@ -8,12 +9,12 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use log::{debug, info};
+use log::debug;
 
 use crate::error::{Error, Result};
-use crate::http::auth;
 use crate::http::framing::{self, Body, Head};
 use crate::http::handlers::AppState;
+use crate::http::middleware::Seen;
 use crate::http::pool::Watch;
 use crate::http::response::ApiResponse;
 use crate::http::routes;
@@ -66,16 +67,16 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
         target: request.url(),
         fields,
     };
-    let public = auth::is_public(request.method(), request.url());
+    let method = request.method().clone();
+    let target = request.url().to_string();
+    let seen = Seen {
+        method: &method,
+        target: &target,
+        fields: &head.fields,
+    };
     let checked = framing::check(&head).and_then(|body| {
-        auth::authorize(state.api_token.as_deref(), public, &head.fields)?;
+        state.middleware.before(&seen)?;
         Ok(body)
-    });
-    // Logged without the query, and at most 200 characters of the path.
-    let line = log::log_enabled!(log::Level::Info).then(|| {
-        let path = request.url().split('?').next().unwrap_or_default();
-        let path: String = path.chars().take(200).collect();
-        format!("{} {path}", request.method())
     });
     let mut body_read = false;
     let (response, next) = match checked {
@@ -104,12 +105,7 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
             }
         }
     }
-    if let Some(line) = line {
-        info!(
-            "{line} {status} {:.3}ms",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
+    state.middleware.after(&seen, status, started.elapsed());
     next
 }
 

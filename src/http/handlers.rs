@@ -25,8 +25,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive (`HTTP_IDLE_TIMEOUT_SECONDS`).
     pub body_patience: std::time::Duration,
-    /// `API_TOKEN`, when set.
-    pub api_token: Option<String>,
+    /// The steps around every request (auth, access log).
+    pub middleware: crate::http::middleware::Chain,
     /// The listening address: with a client's address it names a connection's socket.
     pub local_addr: std::net::SocketAddr,
     /// Set once shutdown begins; from then on every request is answered 503.

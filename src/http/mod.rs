@@ -1,7 +1,8 @@
 //! The HTTP layer, the only module that knows tiny_http. Our accept loop (`listener`) takes
 //! connections with tiny_http's accept step and hands each to a connection thread (`pool`),
 //! which reads its requests with tiny_http's parser and answers them in order (`exchange`).
-//! Every request is checked, routed, answered explicitly and logged in one line; a panic in a
+//! Every request is checked, passed through the middleware steps (`middleware`: auth, the
+//! access log), routed and answered explicitly; a panic in a
 //! handler becomes a JSON 500 and the thread serves on.
 
 mod auth;
@@ -10,6 +11,7 @@ mod framing;
 mod handlers;
 mod in_flight;
 mod listener;
+mod middleware;
 mod openapi;
 mod pool;
 mod request;
@@ -32,6 +34,7 @@ use crate::functions::Functions;
 use crate::queue::Queue;
 use handlers::AppState;
 use in_flight::InFlight;
+use middleware::Chain;
 use pool::{ConnectionPool, Handoff, Patience};
 use response::ApiResponse;
 
@@ -80,7 +83,7 @@ impl HttpServer {
             functions,
             max_body_bytes: config.max_body_bytes,
             body_patience: config.http_idle_timeout,
-            api_token: config.api_token.clone(),
+            middleware: Chain::new(config.api_token.clone()),
             local_addr,
             shutting_down: AtomicBool::new(false),
             in_flight: InFlight::default(),

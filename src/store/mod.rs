@@ -65,6 +65,7 @@ pub struct Options {
     /// This process's node id: recorded on every job it claims.
     pub node: String,
     /// Connections to keep to a database server (PostgreSQL); SQLite uses two.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pool_size: usize,
 }
 
@@ -404,6 +405,134 @@ fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
+        NewJob {
+            payload: json!({"n": priority}),
+            timeout_seconds: 5,
+            max_retries: 1,
+            priority,
+            run_at: run_at.map(Timestamp::from_micros),
+            function: None,
+        }
+    }
+
+    #[test]
+    fn every_end_of_a_job_passes_job_ended_exactly_once() {
+        let dir = test_dir::TestDir::new("job-ended");
+        let options = Options {
+            sync: SyncMode::EveryCommit,
+            max_pending_jobs: 0,
+            node: "test-node".into(),
+            pool_size: 1,
+        };
+        let sqlite = sqlite::SqliteStore::open(&dir.path().join("jobs.db"), &options).unwrap();
+        let store = Store::with_backend(Box::new(sqlite));
+        let now = Timestamp::from_micros(10);
+        let details = AttemptDetails::default();
+        let start = |id: &str| {
+            store.insert(id.into(), &new_job(0, None), now).unwrap();
+            store.claim_next_due(now).unwrap().unwrap()
+        };
+        let succeeded = || AttemptEnd::Succeeded { result: json!(1) };
+        let ended = || store.ended();
+
+        // A worker's outcome, recorded either way.
+        let done = start("done");
+        assert!(store
+            .finish_attempt(&done, &succeeded(), &details, now)
+            .unwrap());
+        let slow = start("slow");
+        let timed_out = AttemptEnd::TimedOut {
+            error: "slow".into(),
+        };
+        let recorded = store.finish_and_claim_next(&slow, &timed_out, &details, now);
+        assert!(recorded.unwrap().recorded);
+        // A scheduled retry and a release put the job back: no end until a later attempt's.
+        let failing = start("failing");
+        let retry_at = Timestamp::from_micros(20);
+        let failed = |retry_at| AttemptEnd::Failed {
+            error: "boom".into(),
+            retry_at,
+        };
+        store
+            .finish_and_claim_next(&failing, &failed(Some(retry_at)), &details, now)
+            .unwrap();
+        let released = start("released");
+        let release = AttemptEnd::Released {
+            reason: "shutdown".into(),
+        };
+        store
+            .finish_attempt(&released, &release, &details, now)
+            .unwrap();
+        assert_eq!(ended().len(), 2, "{:?}", ended());
+        let again = store.claim_next_due(now).unwrap().unwrap();
+        assert_eq!(again.id, "released");
+        store
+            .finish_attempt(&again, &succeeded(), &details, now)
+            .unwrap();
+        let retried = store.claim_next_due(retry_at).unwrap().unwrap();
+        assert_eq!(retried.id, "failing");
+        store
+            .finish_attempt(&retried, &failed(None), &details, retry_at)
+            .unwrap();
+
+        // Cancel: a pending job ends at once, a running one when its worker records it.
+        store
+            .insert("waiting".into(), &new_job(0, None), now)
+            .unwrap();
+        assert!(matches!(
+            store.cancel("waiting", now).unwrap(),
+            Cancel::Cancelled(_)
+        ));
+        let busy = start("busy");
+        assert!(matches!(
+            store.cancel("busy", now).unwrap(),
+            Cancel::Running(_)
+        ));
+        let cancelled = AttemptEnd::Cancelled {
+            reason: "by request".into(),
+        };
+        store
+            .finish_attempt(&busy, &cancelled, &details, now)
+            .unwrap();
+
+        // Delete ends a job that had not ended; a deleted attempt's outcome is dropped.
+        store
+            .insert("unwanted".into(), &new_job(0, None), now)
+            .unwrap();
+        store.delete("unwanted").unwrap();
+        let doomed = start("doomed");
+        store.delete("doomed").unwrap();
+        assert!(!store
+            .finish_attempt(&doomed, &succeeded(), &details, now)
+            .unwrap());
+        store.delete("done").unwrap();
+
+        // A manual retry starts the job over, and it ends again.
+        store.retry("slow", now).unwrap();
+        let rerun = store.claim_next_due(now).unwrap().unwrap();
+        store
+            .finish_attempt(&rerun, &succeeded(), &details, now)
+            .unwrap();
+
+        let finished = |id: &str, status| (id.to_string(), Ending::Finished(status));
+        assert_eq!(
+            ended(),
+            [
+                finished("done", JobStatus::Success),
+                finished("slow", JobStatus::Timeout),
+                finished("released", JobStatus::Success),
+                finished("failing", JobStatus::Failed),
+                finished("waiting", JobStatus::Cancelled),
+                finished("busy", JobStatus::Cancelled),
+                ("unwanted".to_string(), Ending::Deleted),
+                ("doomed".to_string(), Ending::Deleted),
+                finished("slow", JobStatus::Success),
+            ]
+        );
+    }
 
     #[test]
     fn a_password_never_reaches_the_log() {

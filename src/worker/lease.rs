@@ -128,9 +128,17 @@ impl Keeper {
             error!("cannot renew this node's lease: {err}");
             return;
         }
-        match recover_lost(&self.store, &self.retry, self.lease, false, Some(&self.waker)) {
+        match recover_lost(
+            &self.store,
+            &self.retry,
+            self.lease,
+            false,
+            Some(&self.waker),
+        ) {
             Ok(0) => {}
-            Ok(recovered) => info!("recovered {recovered} attempt(s) of nodes that lost their lease"),
+            Ok(recovered) => {
+                info!("recovered {recovered} attempt(s) of nodes that lost their lease")
+            }
             Err(err) => error!("cannot recover the attempts of lost nodes: {err}"),
         }
         if let Err(err) = self.store.forget_nodes(Timestamp::now(), self.lease, false) {
@@ -167,10 +175,7 @@ impl Keeper {
                 Some(row) if row.cancel_requested => "it was cancelled",
                 Some(_) => continue,
             };
-            info!(
-                "job {}: stopping attempt {}: {reason}",
-                key.0, key.1
-            );
+            info!("job {}: stopping attempt {}: {reason}", key.0, key.1);
             self.running.cancel(&key.0, key.1);
             cancelled.insert(key);
         }

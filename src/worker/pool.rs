@@ -168,7 +168,14 @@ mod tests {
     fn a_panicking_attempt_fails_is_retried_and_the_worker_lives_on() {
         let dir = crate::store::test_dir::TestDir::new("worker-panic");
         let path = dir.path().join("jobs.db");
-        let store = Arc::new(Store::open(&path, crate::store::SyncMode::EveryCommit, 0).unwrap());
+        let options = crate::store::Options {
+            sync: crate::store::SyncMode::EveryCommit,
+            max_pending_jobs: 0,
+            node: "test-node".into(),
+            pool_size: 1,
+        };
+        let location = crate::store::Location::Sqlite(path);
+        let store = Arc::new(Store::open(&location, &options).unwrap());
         let now = Timestamp::now();
         for (id, max_retries) in [("retried", 1), ("out-of-retries", 0)] {
             let job = crate::job::NewJob {

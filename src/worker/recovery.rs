@@ -27,9 +27,8 @@ pub fn recover_lost(
     for job in &lost {
         let now = Timestamp::now();
         let node = job.node.as_deref().unwrap_or("an earlier server");
-        let error = format!(
-            "interrupted: the server stopped while this attempt was running (node {node})"
-        );
+        let error =
+            format!("interrupted: the server stopped while this attempt was running (node {node})");
         let end = retry.after_failure(job, error, now);
         // `false`: the attempt ended meanwhile after all, or another node recovered it first.
         if !store.finish_attempt(job, &end, &AttemptDetails::default(), now)? {

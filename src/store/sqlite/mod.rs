@@ -10,13 +10,11 @@
 //! One process owns the file: it is locked (`flock`) for as long as the store is open, so a
 //! second server on the same file is refused, and every node but this one has lost its lease.
 
+mod error;
 mod group_commit;
 mod reply;
 mod row;
 mod schema;
-mod error;
-#[cfg(test)]
-pub(crate) mod test_dir;
 mod write_health;
 
 use std::fs::File;
@@ -476,9 +474,11 @@ impl Backend for SqliteStore {
     fn heartbeat(&self, now: Timestamp) -> Result<()> {
         let (node, started_at) = (self.node.clone(), self.started_at.as_micros());
         self.writes.write_unsynced(move |writer| {
-            writer
-                .prepare_cached(HEARTBEAT)?
-                .execute(params![node, started_at, now.as_micros()])?;
+            writer.prepare_cached(HEARTBEAT)?.execute(params![
+                node,
+                started_at,
+                now.as_micros()
+            ])?;
             Ok(())
         })
     }
@@ -742,26 +742,42 @@ mod tests {
     use serde_json::json;
 
     /// A store on a fresh file in its own directory, removed when dropped.
-    struct TempStore {
-        store: Store,
-        dir: test_dir::TestDir,
+    use crate::store::test_dir;
+
+    pub(crate) struct TempStore {
+        store: SqliteStore,
+        pub(crate) dir: test_dir::TestDir,
     }
 
     impl std::ops::Deref for TempStore {
-        type Target = Store;
-        fn deref(&self) -> &Store {
+        type Target = SqliteStore;
+        fn deref(&self) -> &SqliteStore {
             &self.store
         }
     }
 
+    /// The options of a test store: synced commits, node `test-node`.
+    pub(crate) fn options(max_pending_jobs: u64) -> Options {
+        Options {
+            sync: SyncMode::EveryCommit,
+            max_pending_jobs,
+            node: "test-node".into(),
+            pool_size: 1,
+        }
+    }
+
+    fn open(path: &Path, max_pending_jobs: u64) -> Result<SqliteStore> {
+        SqliteStore::open(path, &options(max_pending_jobs))
+    }
+
     fn temp_store() -> TempStore {
         let dir = test_dir::TestDir::new("store");
-        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
+        let store = open(&dir.path().join("jobs.db"), 0).unwrap();
         TempStore { store, dir }
     }
 
     /// Job "a", submitted at 1 µs with no schedule, claimed at `at` µs.
-    fn insert_and_claim(store: &Store, at: i64) -> Job {
+    fn insert_and_claim(store: &SqliteStore, at: i64) -> Job {
         store
             .insert("a".into(), &new_job(0, None), Timestamp::from_micros(1))
             .unwrap();
@@ -782,7 +798,7 @@ mod tests {
         }
     }
 
-    fn plan(store: &Store, sql: &str) -> String {
+    fn plan(store: &SqliteStore, sql: &str) -> String {
         let connection = store.read();
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -970,8 +986,12 @@ mod tests {
                 "SEARCH jobs USING COVERING INDEX jobs_pending_by_priority (priority=?)",
             ),
             (
-                RUNNING_JOBS,
+                RUNNING_ELSEWHERE,
                 "SEARCH jobs USING INDEX jobs_by_status (status=?)",
+            ),
+            (
+                RUNNING_HERE,
+                "SEARCH jobs USING INDEX jobs_running_by_node (node=?)",
             ),
             (
                 FINISH_ATTEMPT,
@@ -986,7 +1006,10 @@ mod tests {
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
             ),
             (INSERT_ATTEMPT, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (FINISH_ATTEMPT_ROW, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
+            (
+                FINISH_ATTEMPT_ROW,
+                "SEARCH attempts USING PRIMARY KEY (job_seq=? AND attempt=?)",
+            ),
             (ATTEMPTS_OF_JOB, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
             (DELETE_ATTEMPTS, "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"),
             (PROBE_WRITE, "SEARCH write_probe USING INTEGER PRIMARY KEY (rowid=?)"),
@@ -1082,114 +1105,6 @@ mod tests {
     }
 
     #[test]
-    fn every_end_of_a_job_passes_job_ended_exactly_once() {
-        let store = temp_store();
-        let now = Timestamp::from_micros(10);
-        let details = AttemptDetails::default();
-        let start = |id: &str| {
-            store.insert(id.into(), &new_job(0, None), now).unwrap();
-            store.claim_next_due(now).unwrap().unwrap()
-        };
-        let succeeded = || AttemptEnd::Succeeded { result: json!(1) };
-        let ended = || store.ended.lock().unwrap().clone();
-
-        // A worker's outcome, recorded either way.
-        let done = start("done");
-        assert!(store
-            .finish_attempt(&done, &succeeded(), &details, now)
-            .unwrap());
-        let slow = start("slow");
-        let timed_out = AttemptEnd::TimedOut {
-            error: "slow".into(),
-        };
-        let recorded = store.finish_and_claim_next(&slow, &timed_out, &details, now);
-        assert!(recorded.unwrap().recorded);
-        // A scheduled retry and a release put the job back: no end until a later attempt's.
-        let failing = start("failing");
-        let retry_at = Timestamp::from_micros(20);
-        let failed = |retry_at| AttemptEnd::Failed {
-            error: "boom".into(),
-            retry_at,
-        };
-        store
-            .finish_and_claim_next(&failing, &failed(Some(retry_at)), &details, now)
-            .unwrap();
-        let released = start("released");
-        let release = AttemptEnd::Released {
-            reason: "shutdown".into(),
-        };
-        store
-            .finish_attempt(&released, &release, &details, now)
-            .unwrap();
-        assert_eq!(ended().len(), 2, "{:?}", ended());
-        let again = store.claim_next_due(now).unwrap().unwrap();
-        assert_eq!(again.id, "released");
-        store
-            .finish_attempt(&again, &succeeded(), &details, now)
-            .unwrap();
-        let retried = store.claim_next_due(retry_at).unwrap().unwrap();
-        assert_eq!(retried.id, "failing");
-        store
-            .finish_attempt(&retried, &failed(None), &details, retry_at)
-            .unwrap();
-
-        // Cancel: a pending job ends at once, a running one when its worker records it.
-        store
-            .insert("waiting".into(), &new_job(0, None), now)
-            .unwrap();
-        assert!(matches!(
-            store.cancel("waiting", now).unwrap(),
-            Cancel::Cancelled(_)
-        ));
-        let busy = start("busy");
-        assert!(matches!(
-            store.cancel("busy", now).unwrap(),
-            Cancel::Running(_)
-        ));
-        let cancelled = AttemptEnd::Cancelled {
-            reason: "by request".into(),
-        };
-        store
-            .finish_attempt(&busy, &cancelled, &details, now)
-            .unwrap();
-
-        // Delete ends a job that had not ended; a deleted attempt's outcome is dropped.
-        store
-            .insert("unwanted".into(), &new_job(0, None), now)
-            .unwrap();
-        store.delete("unwanted").unwrap();
-        let doomed = start("doomed");
-        store.delete("doomed").unwrap();
-        assert!(!store
-            .finish_attempt(&doomed, &succeeded(), &details, now)
-            .unwrap());
-        store.delete("done").unwrap();
-
-        // A manual retry starts the job over, and it ends again.
-        store.retry("slow", now).unwrap();
-        let rerun = store.claim_next_due(now).unwrap().unwrap();
-        store
-            .finish_attempt(&rerun, &succeeded(), &details, now)
-            .unwrap();
-
-        let finished = |id: &str, status| (id.to_string(), Ending::Finished(status));
-        assert_eq!(
-            ended(),
-            [
-                finished("done", JobStatus::Success),
-                finished("slow", JobStatus::Timeout),
-                finished("released", JobStatus::Success),
-                finished("failing", JobStatus::Failed),
-                finished("waiting", JobStatus::Cancelled),
-                finished("busy", JobStatus::Cancelled),
-                ("unwanted".to_string(), Ending::Deleted),
-                ("doomed".to_string(), Ending::Deleted),
-                finished("slow", JobStatus::Success),
-            ]
-        );
-    }
-
-    #[test]
     fn a_database_from_the_first_schema_is_migrated_and_keeps_its_jobs() {
         let temp = temp_store();
         let path = temp.dir.path().join("old.db");
@@ -1203,7 +1118,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let store = Store::open(&path, SyncMode::EveryCommit, 0).unwrap();
+        let store = open(&path, 0).unwrap();
         let version: i64 = store
             .read()
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -1218,7 +1133,7 @@ mod tests {
     }
 
     /// The pending count kept in memory, and the one SQL finds.
-    fn pending_counts(store: &Store) -> (u64, u64) {
+    fn pending_counts(store: &SqliteStore) -> (u64, u64) {
         let counted: u64 = store
             .read()
             .query_row(COUNT_PENDING, [], |row| row.get(0))
@@ -1273,15 +1188,17 @@ mod tests {
         // A refused write leaves the count alone.
         assert!(store.retry("a", at(10)).is_err());
         assert_eq!(pending_counts(&store), (1, 1));
-        let reopened =
-            Store::open(&store.dir.path().join("jobs.db"), SyncMode::EveryCommit, 0).unwrap();
+        // The file lock is this process's too: the first store must close before the second.
+        let TempStore { store, dir } = store;
+        drop(store);
+        let reopened = open(&dir.path().join("jobs.db"), 0).unwrap();
         assert_eq!(pending_counts(&reopened), (1, 1));
     }
 
     #[test]
     fn a_submit_beyond_the_pending_limit_stores_nothing() {
         let dir = test_dir::TestDir::new("store-limit");
-        let store = Store::open(&dir.path().join("jobs.db"), SyncMode::EveryCommit, 2).unwrap();
+        let store = open(&dir.path().join("jobs.db"), 2).unwrap();
         let now = Timestamp::from_micros(1);
         store.insert("a".into(), &new_job(0, None), now).unwrap();
         store.insert("b".into(), &new_job(0, None), now).unwrap();
@@ -1299,7 +1216,7 @@ mod tests {
     #[test]
     fn a_path_that_cannot_be_a_database_says_why() {
         let dir = test_dir::TestDir::new("store");
-        let reason = |path: &Path| match Store::open(path, SyncMode::EveryCommit, 0) {
+        let reason = |path: &Path| match open(path, 0) {
             Err(Error::DatabaseUnusable(message)) => message,
             Err(other) => panic!(
                 "{}: expected DatabaseUnusable, got {other:?}",
@@ -1335,6 +1252,113 @@ mod tests {
     }
 
     #[test]
+    fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
+        let TempStore { store, dir } = temp_store();
+        let path = dir.path().join("jobs.db");
+        match open(&path, 0) {
+            Err(Error::Startup(message)) => assert!(
+                message.contains("is in use by another mini-lambda-rust process"),
+                "{message}"
+            ),
+            Err(other) => panic!("expected Startup, got {other:?}"),
+            Ok(_) => panic!("two stores opened one file"),
+        }
+        drop(store);
+        assert!(open(&path, 0).is_ok());
+    }
+
+    #[test]
+    fn attempts_of_other_nodes_are_lost_and_a_cancel_is_left_for_the_running_node() {
+        let store = temp_store();
+        let now = Timestamp::from_micros(1);
+        let lease = Duration::from_secs(30);
+        for id in ["mine", "theirs"] {
+            store.insert(id.into(), &new_job(0, None), now).unwrap();
+        }
+        let mine = store.claim_next_due(now).unwrap().unwrap();
+        assert_eq!(
+            (mine.node.as_deref(), mine.attempt),
+            (Some("test-node"), Some(1))
+        );
+        // Another process claimed "theirs" before this one opened the file.
+        store
+            .writes
+            .write(|w| {
+                Ok(w.execute(
+                    "UPDATE jobs SET status = 'running', node = 'gone', attempt = 1 WHERE id = 'theirs'",
+                    [],
+                )?)
+            })
+            .unwrap();
+        store.heartbeat(now).unwrap();
+        let lost = store.lost_attempts(now, lease, false).unwrap();
+        let ids: Vec<(&str, Option<&str>)> = lost
+            .iter()
+            .map(|job| (job.id.as_str(), job.node.as_deref()))
+            .collect();
+        assert_eq!(ids, [("theirs", Some("gone"))]);
+        assert_eq!(store.lost_attempts(now, lease, true).unwrap().len(), 2);
+
+        let here = |store: &SqliteStore| store.running_here().unwrap();
+        assert_eq!(
+            here(&store),
+            [RunningHere {
+                job_id: "mine".into(),
+                attempt: 1,
+                cancel_requested: false
+            }]
+        );
+        assert!(matches!(
+            store.cancel("mine", now).unwrap(),
+            Cancel::Running(_)
+        ));
+        assert!(here(&store)[0].cancel_requested);
+        // Recorded by the node that ran it, the attempt ends and no longer runs here.
+        let cancelled = AttemptEnd::Cancelled {
+            reason: "by request".into(),
+        };
+        assert!(store
+            .finish_attempt(&mine, &cancelled, &AttemptDetails::default(), now)
+            .unwrap());
+        assert!(here(&store).is_empty());
+        let attempts = store.attempts("mine").unwrap().unwrap();
+        assert_eq!(
+            (attempts[0].status, attempts[0].node.as_deref()),
+            (AttemptStatus::Cancelled, Some("test-node"))
+        );
+        // The lost node is forgotten once nothing of it runs; this node stays until it leaves.
+        let node_count = |store: &SqliteStore| -> i64 {
+            store
+                .read()
+                .query_row("SELECT count(*) FROM nodes", [], |row| row.get(0))
+                .unwrap()
+        };
+        store
+            .writes
+            .write(|w| {
+                Ok(w.execute(
+                    "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES ('gone', 0, 0)",
+                    [],
+                )?)
+            })
+            .unwrap();
+        store.forget_nodes(now, lease, false).unwrap();
+        assert_eq!(node_count(&store), 2, "'gone' still runs 'theirs'");
+        let theirs = &lost[0];
+        let retry = AttemptEnd::Failed {
+            error: "interrupted".into(),
+            retry_at: Some(now),
+        };
+        assert!(store
+            .finish_attempt(theirs, &retry, &AttemptDetails::default(), now)
+            .unwrap());
+        store.forget_nodes(now, lease, false).unwrap();
+        assert_eq!(node_count(&store), 1);
+        store.forget_nodes(now, lease, true).unwrap();
+        assert_eq!(node_count(&store), 0);
+    }
+
+    #[test]
     fn a_database_from_a_newer_build_is_refused() {
         let temp = temp_store();
         let path = temp.dir.path().join("jobs.db");
@@ -1342,9 +1366,6 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        assert!(matches!(
-            Store::open(&path, SyncMode::EveryCommit, 0),
-            Err(Error::Startup(_))
-        ));
+        assert!(matches!(open(&path, 0), Err(Error::Startup(_))));
     }
 }
