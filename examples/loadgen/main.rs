@@ -1,7 +1,9 @@
 //! The benchmark of mini-lambda-rust (`make bench`, `make bench-quick`): measures a bare
 //! tiny_http server as the ceiling, then the real release binary (submit throughput, end to
-//! end, dispatch latency, memory, a large database), prints one table against the targets of
-//! the performance issue and writes it to `target/bench/latest.json`.
+//! end, dispatch latency, memory, a large database; then, if a PostgreSQL answers at
+//! `BENCH_POSTGRES_URL`, submit and end to end on PostgreSQL with one and three nodes), prints
+//! one table against the targets of the performance issue and writes it to
+//! `target/bench/latest.json`.
 //!
 //! This file owns the command line and the order of the phases; each phase is in `phases.rs`.
 //! Traffic goes only to servers it starts on 127.0.0.1, every loop is bounded in count and

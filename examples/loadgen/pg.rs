@@ -20,10 +20,12 @@ use crate::phases::Rate;
 pub const DEFAULT_URL: &str = "postgres://root@127.0.0.1/test";
 /// A database that does not answer within this is taken as absent, not waited for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the baseline waits for enough free connection slots.
+const SLOT_DEADLINE: Duration = Duration::from_secs(20);
 
-/// The scratch table of the baseline: the columns a job row has, and the indexes that a
-/// submit has to maintain (by status, and the pending jobs by priority), so the baseline pays
-/// for the same kind of row a submit stores.
+/// The scratch table of the baseline: the columns and indexes of the PostgreSQL backend's
+/// `jobs` table, so the baseline stores the same kind of row, with the same index upkeep, as a
+/// submit does.
 const SCRATCH_TABLE: &str = "
     CREATE TABLE insert_baseline (
         seq             BIGSERIAL PRIMARY KEY,
@@ -36,6 +38,10 @@ const SCRATCH_TABLE: &str = "
         retry_count     INTEGER NOT NULL DEFAULT 0,
         max_retries     INTEGER NOT NULL,
         timeout_seconds INTEGER NOT NULL,
+        started_at      BIGINT,
+        finished_at     BIGINT,
+        result          TEXT,
+        error_message   TEXT,
         function        TEXT,
         attempt         INTEGER,
         node            TEXT,
@@ -43,7 +49,8 @@ const SCRATCH_TABLE: &str = "
     );
     CREATE INDEX insert_baseline_by_status ON insert_baseline (status, seq);
     CREATE INDEX insert_baseline_pending ON insert_baseline (priority DESC, run_at, seq)
-        WHERE status = 'pending';";
+        WHERE status = 'pending';
+    CREATE INDEX insert_baseline_running ON insert_baseline (node) WHERE status = 'running';";
 
 const SCRATCH_INSERT: &str = "INSERT INTO insert_baseline
     (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds)
@@ -65,10 +72,7 @@ impl Postgres {
                 Ok(_) => Ok(postgres),
                 Err(err) => Err(format!("{} does not answer queries: {err}", postgres.url)),
             },
-            Err(err) => Err(format!(
-                "no PostgreSQL reachable at {}: {err}",
-                postgres.url
-            )),
+            Err(err) => Err(format!("no PostgreSQL reachable: {err}")),
         }
     }
 
@@ -82,7 +86,44 @@ impl Postgres {
         }
         config
             .connect(NoTls)
-            .context(format!("cannot connect to {}", self.url))
+            .map_err(|err| Error::new(format!("cannot connect to {}: {}", self.url, cause(&err))))
+    }
+
+    /// Waits until PostgreSQL has `wanted` connection slots free: the backends of the last
+    /// baseline's clients end a moment after they disconnect, and other clients (tests on a
+    /// shared machine) may hold slots too. Errors, saying how many are taken, if none free up.
+    fn wait_for_slots(&self, wanted: usize) -> Result<()> {
+        let mut client = self.connect(None)?;
+        let deadline = Instant::now() + SLOT_DEADLINE;
+        loop {
+            interrupt::check()?;
+            let row = client
+                .query_one(
+                    "SELECT current_setting('max_connections')::bigint
+                          - current_setting('superuser_reserved_connections')::bigint,
+                            count(*)
+                       FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                    &[],
+                )
+                .map_err(|err| Error::new(format!("cannot count connections: {}", cause(&err))))?;
+            let (limit, taken): (i64, i64) = row
+                .try_get(0)
+                .and_then(|limit| Ok((limit, row.try_get(1)?)))
+                .map_err(|err| Error::new(format!("cannot read the connection count: {err}")))?;
+            // This connection is one of the taken, and is closed before the clients connect.
+            let free = limit - taken + 1;
+            if free >= i64::try_from(wanted).unwrap_or(i64::MAX) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(format!(
+                    "PostgreSQL has {free} free connection slots of {limit}, the baseline needs {wanted}; \
+                     {taken} are taken (other clients of {})",
+                    self.url
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The URL a server is given to work in `schema` (which it creates if missing).
@@ -106,6 +147,18 @@ impl Postgres {
             dropped: false,
         })
     }
+}
+
+/// The error with its causes: the driver's "error connecting to server" alone does not say
+/// whether the port was closed or the login refused.
+fn cause(err: &postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
 }
 
 /// One phase's schema; dropped by `drop_now`, or on `Drop` if the phase ended early.
@@ -153,6 +206,7 @@ impl Schema<'_> {
                 "DROP TABLE IF EXISTS insert_baseline; {SCRATCH_TABLE}"
             ))
             .context("cannot create the baseline's scratch table")?;
+        self.postgres.wait_for_slots(clients)?;
         // Connected before the start line, so the window measures inserts, not connecting.
         let connected: Vec<Result<Client>> = (0..clients)
             .map(|_| self.postgres.connect(Some(&self.name)))

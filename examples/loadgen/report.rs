@@ -229,13 +229,19 @@ pub fn rows(results: &Results, plan: &Plan) -> Vec<Row> {
     rows.extend(memory_rows(results, plan));
     rows.extend(scale_rows(results, plan));
     rows.extend(postgres_rows(results));
+    // The reason for skipping the PostgreSQL rows is said once, on the first of them.
+    let mut skipped_first: Option<&'static str> = None;
     rows.into_iter()
         .filter(|row| row.value.is_some() || !results.skipped.contains(&phase_of(row.key)))
         .map(|mut row| {
             if let Some(why) = &results.postgres_unavailable {
                 if phase_of(row.key).starts_with("pg-") {
                     row.skipped = true;
-                    row.add_note(format!("skipped: {why}"));
+                    row.note = Some(match skipped_first {
+                        None => format!("skipped: {why}"),
+                        Some(first) => format!("skipped, see {first}"),
+                    });
+                    skipped_first.get_or_insert(row.key);
                 }
             }
             row.judge()
