@@ -24,6 +24,10 @@ pub struct PgSubmit {
     /// The round with the median ratio: the server's window and the baseline's next to it.
     pub rate64: Rate,
     pub baseline: Rate,
+    /// The same with `MAX_PENDING_JOBS=0` (no limit, so no lock around each submit's count),
+    /// and the baseline of its median round.
+    pub unlimited64: Rate,
+    pub unlimited_baseline: Rate,
     pub settling: Settling,
 }
 
@@ -81,32 +85,44 @@ pub fn submit(bench: &mut Bench) -> Result<PgSubmit> {
         &log,
         &[("NODE_ID", "bench-1")],
     )?;
+    let unlimited_schema = postgres.fresh_schema("submit_unlimited")?;
+    let unlimited = bench.start_server_at(
+        "PostgreSQL submit, 1 node, MAX_PENDING_JOBS=0",
+        &unlimited_schema.url(),
+        &log.with_file_name("unlimited.log"),
+        &[("NODE_ID", "bench-1"), ("MAX_PENDING_JOBS", "0")],
+    )?;
     let request = client::request("POST", "/jobs", Some(SUBMIT_BODY));
     let (warmup, window) = (bench.plan.warmup, bench.plan.window / 2);
+    let until = Until::Window { warmup, window };
     let rounds_wanted = bench.plan.paired_rounds;
     let mut settling = Settling::default();
-    let mut rounds = Vec::new();
+    let (mut rounds, mut unlimited_rounds) = (Vec::new(), Vec::new());
     for round in 1..=rounds_wanted {
         progress(&format!(
             "pg submit: 64 connections against the INSERT baseline, round {round} of {rounds_wanted}"
         ));
+        // Both servers quiet before the baseline, and each before the other's window.
         settling.add(server.settle(bench.plan.settle_deadline)?);
+        settling.add(unlimited.settle(bench.plan.settle_deadline)?);
         let baseline = schema.insert_baseline(CONNECTIONS, warmup, window)?;
-        let outcome = load::run(
-            server.addr,
-            CONNECTIONS,
-            &request,
-            201,
-            Until::Window { warmup, window },
-        )?;
-        rounds.push((Rate::from(&outcome), baseline));
+        let outcome = load::run(server.addr, CONNECTIONS, &request, 201, until)?;
+        server.settle(bench.plan.settle_deadline)?;
+        let unlimited_outcome = load::run(unlimited.addr, CONNECTIONS, &request, 201, until)?;
+        rounds.push((Rate::from(&outcome), baseline.clone()));
+        unlimited_rounds.push((Rate::from(&unlimited_outcome), baseline));
     }
     server.stop()?;
+    unlimited.stop()?;
     schema.drop_now()?;
+    unlimited_schema.drop_now()?;
     let (rate64, baseline) = phases::median_pair(rounds);
+    let (unlimited64, unlimited_baseline) = phases::median_pair(unlimited_rounds);
     Ok(PgSubmit {
         rate64,
         baseline,
+        unlimited64,
+        unlimited_baseline,
         settling,
     })
 }

@@ -555,7 +555,18 @@ fn postgres_rows(results: &Results) -> Vec<Row> {
             submit.map(|s| s.baseline.per_second),
             RatioStyle::Percent,
         )
-        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a server window with a baseline window"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a server window with a baseline window; the default MAX_PENDING_JOBS (a limit, counted under a lock at every submit)"),
+        rate_row(
+            "pg_submit_64_unlimited",
+            "PostgreSQL submit, 64 conns, MAX_PENDING_JOBS=0",
+            submit.map(|s| &s.unlimited64),
+        )
+        .baseline(
+            "INSERT baseline of the same rounds, median-ratio round",
+            submit.map(|s| s.unlimited_baseline.per_second),
+            RatioStyle::Percent,
+        )
+        .with_note("no pending limit, so no lock around each submit: what the limit costs, next to pg_submit_64"),
     ];
     let run_row = |key, figure, pick: fn(&PgEndToEnd) -> &PgRun| {
         let run = e2e.map(pick);
