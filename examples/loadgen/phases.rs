@@ -48,7 +48,6 @@ pub struct Bench {
 }
 
 /// A throughput figure with its error count, as the report needs it.
-#[derive(Clone)]
 pub struct Rate {
     pub per_second: f64,
     pub errors: u64,

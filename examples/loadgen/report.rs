@@ -562,7 +562,7 @@ fn postgres_rows(results: &Results) -> Vec<Row> {
             submit.map(|s| &s.unlimited64),
         )
         .baseline(
-            "INSERT baseline of the same rounds, median-ratio round",
+            "INSERT baseline, 64 clients, paired windows of its own rounds",
             submit.map(|s| s.unlimited_baseline.per_second),
             RatioStyle::Percent,
         )
