@@ -38,6 +38,8 @@ pub struct PgEndToEnd {
 
 pub struct PgRun {
     pub nodes: usize,
+    /// Jobs the run meant to submit; fewer if the submit deadline came first.
+    pub planned: u64,
     pub run: EndToEnd,
     /// The INSERT baseline measured just before the nodes started, in the same schema.
     pub baseline: Rate,
@@ -202,6 +204,7 @@ fn run_nodes(bench: &Bench, nodes: usize) -> Result<PgRun> {
     schema.drop_now()?;
     Ok(PgRun {
         nodes,
+        planned: total,
         run: EndToEnd {
             jobs,
             finished,

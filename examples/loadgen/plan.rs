@@ -63,7 +63,7 @@ impl Plan {
                 drain_deadline: Duration::from_secs(120),
                 fill_deadline: Duration::from_secs(180),
                 settle_deadline: Duration::from_secs(15),
-                pg_jobs: 20_000,
+                pg_jobs: 10_000,
                 pg_drain_deadline: Duration::from_secs(180),
             },
             Mode::Quick => Plan {

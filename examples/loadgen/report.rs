@@ -578,6 +578,12 @@ fn postgres_rows(results: &Results) -> Vec<Row> {
                 RatioStyle::Percent,
             )
             .note(run.map(|r| drain_note(&r.run)))
+            .note(run.filter(|r| r.run.jobs < r.planned).map(|r| {
+                format!(
+                    "only {} of the {} planned jobs were submitted before the deadline",
+                    r.run.jobs, r.planned
+                )
+            }))
             .note(run.map(|r| format!("{} node(s) of 16 workers, load round-robin", r.nodes)))
             .errors(unfinished, None)
             .errors(
