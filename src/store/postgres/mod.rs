@@ -36,6 +36,15 @@ use notify::Watcher;
 use pool::{Pool, Session};
 use statements::*;
 
+/// How far below `MAX_PENDING_JOBS` the pending count must be for a submit to take the fast
+/// way, which does not wait for the submits in flight with it. That way passes the limit only
+/// if more than this many submits (across all nodes) are in flight at one moment, each
+/// between its read of the counters and its commit, while the count is within this margin
+/// of the limit; each connection has at most one submit in flight, so a deployment whose
+/// nodes' `DATABASE_POOL_SIZE` add up to no more than this never passes it, and one with
+/// more passes it by at most the excess.
+const PENDING_MARGIN: i64 = 1024;
+
 /// How long connecting may take when the connection string does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -138,11 +147,21 @@ impl Backend for PostgresStore {
         })
     }
 
-    /// With a limit, the submit counts the pending jobs under a lock all submits of this
-    /// deployment take, so two submits never both take the last free place; claims, outcomes
-    /// and cancels need no lock, as they only ever leave fewer pending than counted or put
-    /// back a job that was counted before. The count stops at the limit: its cost is bounded
-    /// by the limit, and only submits wait on one another. Without a limit, one statement.
+    /// Without a limit, one statement. With one, the pending jobs are read from the counters
+    /// the triggers keep, not counted, under the pending-limit lock, in one of two ways:
+    ///
+    /// - Far from the limit (the counters say `PENDING_MARGIN` more would still fit), the
+    ///   lock is taken shared: submits on every node go on together, each committing on
+    ///   its own. The counters show only committed submits, so each such submit may not see
+    ///   the others in flight with it; the margin leaves room for them (see
+    ///   `PENDING_MARGIN`).
+    /// - Otherwise the lock is taken exclusive: it waits for every submit holding it shared
+    ///   to end, and holds off new ones, so the count is exact and the limit is never passed.
+    ///
+    /// Each way is one statement that commits on its own (and wakes the other nodes).
+    /// Claims, outcomes, cancels and deletes take no lock: they only leave fewer pending,
+    /// except a retry or release putting a job back, which is not held to the limit (as on
+    /// SQLite, only a submit is).
     fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
         let payload = serde_json::to_string(&job.payload)
             .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
@@ -165,26 +184,22 @@ impl Backend for PostgresStore {
             &function,
         ];
         let limit = self.max_pending_jobs;
-        if limit == 0 {
-            return self.pool.run(|connection| {
-                connection.session().execute(INSERT_JOB, &params)?;
-                Ok(())
-            });
-        }
         let bound = i64::try_from(limit).unwrap_or(i64::MAX);
         self.pool.run(|connection| {
-            connection.transaction(|session| {
-                session.query_one(LOCK_PENDING_COUNT, &[])?;
-                // A new snapshot, taken after the lock: it sees every submit before this one.
-                let pending: i64 = session
-                    .query_one(COUNT_PENDING_UP_TO, &[&bound])?
-                    .try_get(0)?;
-                if pending >= bound {
-                    return Err(Error::QueueFull { limit }.into());
-                }
+            let mut session = connection.session();
+            if limit == 0 {
                 session.execute(INSERT_JOB, &params)?;
-                Ok(())
-            })
+                return Ok(());
+            }
+            let far_from_limit = [&params[..], &[&PENDING_MARGIN, &bound]].concat();
+            if session.execute(INSERT_JOB_FAR_FROM_LIMIT, &far_from_limit)? > 0 {
+                return Ok(());
+            }
+            let under_limit = [&params[..], &[&bound]].concat();
+            if session.execute(INSERT_JOB_UNDER_LIMIT, &under_limit)? > 0 {
+                return Ok(());
+            }
+            Err(Error::QueueFull { limit }.into())
         })
     }
 

@@ -40,26 +40,36 @@ pub const LIST_BY_STATUS: &str = concat!(
 );
 
 /// Stores a job and wakes the other nodes, in one statement (so one round trip, committed
-/// before it is answered). Returns one row.
-pub const INSERT_JOB: &str = concat!(
-    "WITH added AS (
-        INSERT INTO jobs (id, payload, status, priority, run_at, created_at, max_retries,
-                          timeout_seconds, function)
-        VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)
-        RETURNING seq)
-     SELECT ",
-    notify_queued!(),
-    " FROM added"
-);
-/// Taken by a submit when a pending limit is set, so that two submits (on any nodes) never
-/// both count the last free place. Keyed by schema: deployments sharing a database do not
-/// wait on one another.
-pub const LOCK_PENDING_COUNT: &str =
-    "SELECT pg_advisory_xact_lock(1835822192, hashtext(current_schema()))";
-/// Pending jobs, counted only up to the limit `$1`: an index-only scan of the partial pending
-/// index that stops at the limit.
-pub const COUNT_PENDING_UP_TO: &str =
-    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT $1) AS pending";
+/// before it is answered), if `$condition` holds. Returns one row if it stored the job.
+macro_rules! insert_job_if {
+    ($condition:expr) => {
+        concat!(
+            "WITH added AS (
+                INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
+                                  max_retries, timeout_seconds, function)
+                SELECT $1::text, $2::text, 'pending', $3::integer, $4::bigint, $5::bigint,
+                       $6::integer, $7::integer, $8::text
+                WHERE ",
+            $condition,
+            " RETURNING seq)
+             SELECT ",
+            notify_queued!(),
+            " FROM added"
+        )
+    };
+}
+/// Without a pending limit.
+pub const INSERT_JOB: &str = insert_job_if!("true");
+/// The fast path under a pending limit: the shared lock, and room for `$9` (the margin)
+/// more than the counters say is pending below the limit `$10`.
+pub const INSERT_JOB_FAR_FROM_LIMIT: &str =
+    insert_job_if!("pending_jobs_under_limit_lock(false) + $9::bigint < $10::bigint");
+/// The exact path: the exclusive lock, and fewer pending than the limit `$9`.
+pub const INSERT_JOB_UNDER_LIMIT: &str =
+    insert_job_if!("pending_jobs_under_limit_lock(true) < $9::bigint");
+/// The pending jobs by the counters the triggers keep (committed ones, no lock).
+#[cfg(test)]
+pub const COUNTED_PENDING: &str = "SELECT coalesce(sum(n), 0)::bigint FROM pending_counts";
 
 /// Claims the highest-priority due job: one branch per priority, highest first, each a seek
 /// on `jobs_pending_by_priority` (`priority = p AND run_at <= now`, oldest first), so future
