@@ -98,7 +98,8 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
     let now = Timestamp::now();
     // While the pool is being aborted nothing new is claimed, nor while it drains a queue
     // other nodes share.
-    let stopped = |signal: &Receiver<()>| matches!(signal.try_recv(), Err(TryRecvError::Disconnected));
+    let stopped =
+        |signal: &Receiver<()>| matches!(signal.try_recv(), Err(TryRecvError::Disconnected));
     let claims_nothing = stopped(&context.abort)
         || (context.drain_mode == Drain::RunningOnly && stopped(&context.drain));
     let (recorded, after) = if claims_nothing || matches!(end, AttemptEnd::Released { .. }) {
