@@ -32,7 +32,7 @@ use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
 use crate::time::Timestamp;
 use error::Failure;
-use notify::Watcher;
+use notify::{Announcer, Watcher};
 use pool::{Pool, Session};
 use statements::*;
 
@@ -62,6 +62,8 @@ pub struct PostgresStore {
     started_at: Timestamp,
     /// The `LISTEN` thread, once `watch_other_nodes` started it; stopped when the store is.
     watcher: Mutex<Option<Watcher>>,
+    /// Tells the other nodes of jobs this one queued, once they are committed.
+    announcer: Announcer,
 }
 
 impl PostgresStore {
@@ -100,13 +102,22 @@ impl PostgresStore {
         let schema = pool.run(schema::migrate).map_err(unusable)?;
         Ok(PostgresStore {
             pool,
-            config,
             schema,
             max_pending_jobs: options.max_pending_jobs,
             node: options.node.clone(),
             started_at: Timestamp::now(),
             watcher: Mutex::new(None),
+            announcer: Announcer::start(config.clone())?,
+            config,
         })
+    }
+
+    /// A recorded outcome that put the job back in the queue (a retry, a release) is work for
+    /// any node.
+    fn announce_if_requeued(&self, finish: &Finish, recorded: bool) {
+        if recorded && finish.requeued {
+            self.announcer.job_queued();
+        }
     }
 
     /// A job by id inside a transaction, locked until it ends.
@@ -185,7 +196,7 @@ impl Backend for PostgresStore {
         ];
         let limit = self.max_pending_jobs;
         let bound = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.pool.run(|connection| {
+        let stored = self.pool.run(|connection| {
             let mut session = connection.session();
             if limit == 0 {
                 session.execute(INSERT_JOB, &params)?;
@@ -200,7 +211,11 @@ impl Backend for PostgresStore {
                 return Ok(());
             }
             Err(Error::QueueFull { limit }.into())
-        })
+        });
+        if stored.is_ok() {
+            self.announcer.job_queued();
+        }
+        stored
     }
 
     fn get(&self, id: &str) -> Result<Option<Job>> {
@@ -270,8 +285,11 @@ impl Backend for PostgresStore {
         now: Timestamp,
     ) -> Result<bool> {
         let finish = Finish::new(job, end, details, now)?;
-        self.pool
-            .run(|connection| finish.run(&mut connection.session()))
+        let recorded = self
+            .pool
+            .run(|connection| finish.run(&mut connection.session()))?;
+        self.announce_if_requeued(&finish, recorded);
+        Ok(recorded)
     }
 
     /// One transaction: an error leaves the outcome unrecorded, so the caller may record it
@@ -284,7 +302,7 @@ impl Backend for PostgresStore {
         now: Timestamp,
     ) -> Result<FinishAndClaim> {
         let finish = Finish::new(job, end, details, now)?;
-        self.pool.run(|connection| {
+        let done = self.pool.run(|connection| {
             connection.transaction(|session| {
                 let recorded = finish.run(session)?;
                 let next = claim(session, &self.node, now)?;
@@ -298,14 +316,16 @@ impl Backend for PostgresStore {
                     next_due,
                 })
             })
-        })
+        })?;
+        self.announce_if_requeued(&finish, done.recorded);
+        Ok(done)
     }
 
     fn retry(&self, id: &str, now: Timestamp) -> Result<Job> {
         if !is_storable(id) {
             return Err(not_found(id));
         }
-        self.pool.run(|connection| {
+        let restarted = self.pool.run(|connection| {
             connection.transaction(|session| {
                 let status: String = session
                     .query_opt(STATUS_OF_ID_LOCKED, &[&id])?
@@ -319,10 +339,13 @@ impl Backend for PostgresStore {
                     .into());
                 }
                 let row = session.query_one(RESTART_JOB, &[&id, &now.as_micros()])?;
-                session.query_one(NOTIFY_QUEUED, &[])?;
                 row::job(&row)
             })
-        })
+        });
+        if restarted.is_ok() {
+            self.announcer.job_queued();
+        }
+        restarted
     }
 
     fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel> {
@@ -549,13 +572,8 @@ impl Finish {
         &self,
         session: &mut Session<'_, C>,
     ) -> Result<bool, Failure> {
-        let sql = if self.requeued {
-            FINISH_ATTEMPT_REQUEUED
-        } else {
-            FINISH_ATTEMPT
-        };
         let changed = session.execute(
-            sql,
+            FINISH_ATTEMPT,
             &[
                 &self.seq,
                 &self.attempt,

@@ -14,13 +14,6 @@ macro_rules! database_now {
     };
 }
 
-/// Sends the notification `notify` listens for, to wake the other nodes.
-macro_rules! notify_queued {
-    () => {
-        "pg_notify('minilambda_jobs', current_schema())"
-    };
-}
-
 pub const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
 pub const LOCK_BY_ID: &str = concat!(
     "SELECT ",
@@ -39,8 +32,10 @@ pub const LIST_BY_STATUS: &str = concat!(
     " FROM jobs WHERE status = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
 );
 
-/// Stores a job and wakes the other nodes, in one statement (so one round trip, committed
-/// before it is answered), if `$condition` holds. Returns one row if it stored the job.
+/// Stores a job in one statement (one round trip, committed before it is answered), if
+/// `$condition` holds. Returns one row if it stored the job. The other nodes hear of it from
+/// the announcer (`notify`), not from a `NOTIFY` here: a transaction that notifies holds a
+/// database-wide lock through its commit, which would make every submit wait for the others.
 macro_rules! insert_job_if {
     ($condition:expr) => {
         concat!(
@@ -52,9 +47,7 @@ macro_rules! insert_job_if {
                 WHERE ",
             $condition,
             " RETURNING seq)
-             SELECT ",
-            notify_queued!(),
-            " FROM added"
+             SELECT seq FROM added"
         )
     };
 }
@@ -142,9 +135,6 @@ macro_rules! finish_attempt {
     };
 }
 pub const FINISH_ATTEMPT: &str = finish_attempt!("seq");
-/// `FINISH_ATTEMPT` for an outcome that puts the job back in the queue (a retry, a release):
-/// the other nodes are woken for it.
-pub const FINISH_ATTEMPT_REQUEUED: &str = finish_attempt!(notify_queued!());
 
 pub const STATUS_OF_ID_LOCKED: &str = "SELECT status FROM jobs WHERE id = $1 FOR UPDATE";
 pub const RESTART_JOB: &str = concat!(
@@ -153,7 +143,8 @@ pub const RESTART_JOB: &str = concat!(
      WHERE id = $1 RETURNING ",
     job_columns!()
 );
-pub const NOTIFY_QUEUED: &str = concat!("SELECT ", notify_queued!());
+/// Wakes the other nodes (the announcer sends it, in a transaction of its own).
+pub const NOTIFY_QUEUED: &str = "SELECT pg_notify('minilambda_jobs', current_schema())";
 pub const CANCEL_PENDING: &str = concat!(
     "UPDATE jobs SET status = 'cancelled', finished_at = $2,
             error_message = 'cancelled by request'
