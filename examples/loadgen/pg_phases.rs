@@ -24,7 +24,7 @@ pub struct PgSubmit {
     /// The round with the median ratio: the server's window and the baseline's next to it.
     pub rate64: Rate,
     pub baseline: Rate,
-    /// The same with `MAX_PENDING_JOBS=0` (no limit, so no lock around each submit's count),
+    /// The same with `MAX_PENDING_JOBS=0` (no limit, so no counters read and no lock),
     /// and the baseline of its median round.
     pub unlimited64: Rate,
     pub unlimited_baseline: Rate,

@@ -555,7 +555,7 @@ fn postgres_rows(results: &Results) -> Vec<Row> {
             submit.map(|s| s.baseline.per_second),
             RatioStyle::Percent,
         )
-        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a server window with a baseline window; the default MAX_PENDING_JOBS (a limit, counted under a lock at every submit)"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a server window with a baseline window; the default MAX_PENDING_JOBS (a limit: each submit reads the sharded pending counters under a shared lock)"),
         rate_row(
             "pg_submit_64_unlimited",
             "PostgreSQL submit, 64 conns, MAX_PENDING_JOBS=0",
@@ -566,7 +566,7 @@ fn postgres_rows(results: &Results) -> Vec<Row> {
             submit.map(|s| s.unlimited_baseline.per_second),
             RatioStyle::Percent,
         )
-        .with_note("no pending limit, so no lock around each submit: what the limit costs, next to pg_submit_64"),
+        .with_note("no pending limit, so no counters read and no lock: what the limit costs, next to pg_submit_64"),
     ];
     let run_row = |key, figure, pick: fn(&PgEndToEnd) -> &PgRun| {
         let run = e2e.map(pick);

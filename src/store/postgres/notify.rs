@@ -37,9 +37,11 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How often `LISTEN` is tried again while it is unavailable.
 const RELISTEN_INTERVAL: Duration = Duration::from_secs(30);
-/// How long the listening connection may be silent before it is checked for life (a network
-/// that drops packets silently shows nothing else).
+/// How often the listener checks that notifications reach it, by sending itself one (a network
+/// that drops packets silently, or a pooler that drops the `LISTEN`, shows nothing else).
 const CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the listener waits for its own notification before it polls instead.
+const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The thread that sends the notifications; it ends when the announcer is dropped.
 pub struct Announcer {
@@ -108,12 +110,26 @@ impl Watcher {
         schema: String,
         on_queued: OnJobQueued,
     ) -> Result<Watcher> {
+        let listen = format!("LISTEN {}", quote_identifier(CHANNEL));
+        Watcher::start_listening_with(config, schema, on_queued, listen)
+    }
+
+    /// `start`, with `listen` as the statement that should make notifications arrive: a
+    /// test gives one that does not, as a pooler in transaction mode would.
+    pub(super) fn start_listening_with(
+        config: postgres::Config,
+        schema: String,
+        on_queued: OnJobQueued,
+        listen: String,
+    ) -> Result<Watcher> {
         let (stop, stopped) = bounded::<()>(0);
         let listener = Listener {
             config,
+            probe: format!("{schema} probe {}", std::process::id()),
             schema,
             on_queued,
             stopped,
+            listen,
         };
         let handle = thread::Builder::new()
             .name("pg-listen".into())
@@ -142,6 +158,18 @@ struct Listener {
     schema: String,
     on_queued: OnJobQueued,
     stopped: Receiver<()>,
+    listen: String,
+    /// The payload of the notification this listener sends itself, to learn that
+    /// notifications reach it.
+    probe: String,
+}
+
+/// Why listening ended.
+enum Deaf {
+    Failed(postgres::Error),
+    /// The probe did not come back: `LISTEN` was accepted, but nothing arrives (a pooler in
+    /// transaction mode passes the statement to a server connection it then gives to others).
+    Unheard,
 }
 
 impl Listener {
@@ -158,10 +186,14 @@ impl Listener {
                     (self.on_queued)();
                     match self.receive(&mut client) {
                         Ok(()) => return,
-                        Err(err) => warn!(
+                        Err(Deaf::Failed(err)) => warn!(
                             "stopped listening for jobs queued by other nodes ({}); polling every second instead",
                             Error::from(err)
                         ),
+                        Err(Deaf::Unheard) if !polling => warn!(
+                            "notifications from the database do not arrive (a connection pooler in transaction mode?); polling every second instead"
+                        ),
+                        Err(Deaf::Unheard) => {}
                     }
                     polling = true;
                 }
@@ -182,14 +214,16 @@ impl Listener {
 
     fn listen(&self) -> Result<Client, postgres::Error> {
         let mut client = self.config.connect(NoTls)?;
-        client.batch_execute(&format!("LISTEN {}", quote_identifier(CHANNEL)))?;
+        client.batch_execute(&self.listen)?;
         Ok(client)
     }
 
     /// Calls `on_queued` for each notification of this schema until the store is dropped
-    /// (`Ok`) or the connection fails.
-    fn receive(&self, client: &mut Client) -> Result<(), postgres::Error> {
-        let mut last_check = Instant::now();
+    /// (`Ok`), the connection fails, or a probe does not come back. A probe goes out at the
+    /// start and then every `CHECK_INTERVAL`, which also checks a silent connection for life.
+    fn receive(&self, client: &mut Client) -> Result<(), Deaf> {
+        let mut probe_sent = self.send_probe(client)?;
+        let mut probe_heard = false;
         loop {
             if self.stop_requested() {
                 return Ok(());
@@ -200,9 +234,11 @@ impl Listener {
                 let mut notifications = client.notifications();
                 let mut iter = notifications.timeout_iter(WAIT_SLICE);
                 // Ends after a slice without a notification, or when the connection closes.
-                while let Some(notification) = iter.next()? {
+                while let Some(notification) = iter.next().map_err(Deaf::Failed)? {
                     heard = true;
-                    if notification.payload() == self.schema {
+                    if notification.payload() == self.probe {
+                        probe_heard = true;
+                    } else if notification.payload() == self.schema {
                         (self.on_queued)();
                     }
                     if self.stop_requested() {
@@ -210,14 +246,32 @@ impl Listener {
                     }
                 }
             }
-            // An iterator that ended early, with nothing heard, saw the connection close;
-            // a silent connection is checked now and then.
+            if !probe_heard && probe_sent.elapsed() >= PROBE_PATIENCE {
+                return Err(Deaf::Unheard);
+            }
+            // An iterator that ended early, with nothing heard, saw the connection close.
             let early = !heard && started.elapsed() < WAIT_SLICE / 2;
-            if early || client.is_closed() || last_check.elapsed() >= CHECK_INTERVAL {
-                client.is_valid(Duration::from_secs(5))?;
-                last_check = Instant::now();
+            if early || client.is_closed() {
+                client
+                    .is_valid(Duration::from_secs(5))
+                    .map_err(Deaf::Failed)?;
+            }
+            if probe_heard && probe_sent.elapsed() >= CHECK_INTERVAL {
+                probe_sent = self.send_probe(client)?;
+                probe_heard = false;
             }
         }
+    }
+
+    fn send_probe(&self, client: &mut Client) -> Result<Instant, Deaf> {
+        let sent = Instant::now();
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &self.probe.as_str()],
+            )
+            .map_err(Deaf::Failed)?;
+        Ok(sent)
     }
 
     /// Calls `on_queued` every second for `period`; `true` if the store was dropped meanwhile.

@@ -1061,3 +1061,47 @@ fn without_listen_the_watcher_polls_every_second() {
     while wakes.try_recv().is_ok() {}
     assert!(wakes.recv_timeout(Duration::from_millis(1_500)).is_err());
 }
+
+#[test]
+fn a_listen_that_hears_nothing_falls_back_to_polling() {
+    let Some(db) = TestSchema::new("deaf") else {
+        return;
+    };
+    let config: postgres::Config = db.url().parse().unwrap();
+    let (woken, wakes) = unbounded();
+    let notify = |woken: crossbeam_channel::Sender<Instant>| -> OnJobQueued {
+        Box::new(move || {
+            let _ = woken.send(Instant::now());
+        })
+    };
+    // Accepted, but no LISTEN: as behind a pooler in transaction mode.
+    let watcher = Watcher::start_listening_with(
+        config.clone(),
+        db.name.clone(),
+        notify(woken),
+        "SELECT 1".into(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    // The call after "listening"; then, once the probe has gone unheard, one a second.
+    wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    let first_poll = wakes.recv_timeout(Duration::from_secs(10)).unwrap();
+    let second_poll = wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        first_poll - started >= Duration::from_secs(4),
+        "{:?}",
+        first_poll - started
+    );
+    assert!(second_poll - first_poll < Duration::from_millis(2_000));
+    drop(watcher);
+
+    // A real LISTEN hears its probe and stays quiet while nothing is queued.
+    let (woken, wakes) = unbounded();
+    let watcher = Watcher::start(config, db.name.clone(), notify(woken)).unwrap();
+    wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        wakes.recv_timeout(Duration::from_secs(7)).is_err(),
+        "polled"
+    );
+    drop(watcher);
+}
