@@ -20,13 +20,15 @@ ci:
 chaos:
 	CHAOS_CYCLES=100 cargo test --test crash_loop -- --nocapture
 
-# The benchmark (examples/loadgen): ceiling, submit, end to end, latency, memory, scale.
-# Prints a table against the performance targets and writes target/bench/latest.json.
+# The benchmark (examples/loadgen): ceiling, submit, end to end, latency, memory, scale, then
+# submit and end to end on PostgreSQL (1 and 3 nodes) if one answers at BENCH_POSTGRES_URL
+# (default postgres://root@127.0.0.1/test). Prints a table against the performance targets and
+# writes target/bench/latest.json. One build with the postgres feature serves every phase.
 bench:
-	cargo build --release --bins --examples
-	cargo run --release --example loadgen -- --full
+	cargo build --release --features postgres --bins --examples
+	cargo run --release --features postgres --example loadgen -- --full
 
-# The same phases, smaller: under a minute once built.
+# The same phases, smaller: a minute or two once built.
 bench-quick:
-	cargo build --release --bins --examples
-	cargo run --release --example loadgen -- --quick
+	cargo build --release --features postgres --bins --examples
+	cargo run --release --features postgres --example loadgen -- --quick

@@ -21,7 +21,7 @@ use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::{Options, Store, SyncMode};
-use crate::worker::{LeaseKeeper, WorkerPool};
+use crate::worker::{Drain, LeaseKeeper, WorkerPool};
 
 /// How long the end of shutdown waits for requests already received to be answered.
 const HTTP_STOP_PATIENCE: Duration = Duration::from_secs(5);
@@ -68,12 +68,20 @@ pub fn run(
         env: config.function_env.clone(),
         groups: Arc::clone(&groups),
     });
+    // A drain runs what is due when the queue is this node's alone; with other nodes on the
+    // queue it only finishes what runs here, and they take the rest.
+    let drain = if store.is_shared() {
+        Drain::RunningOnly
+    } else {
+        Drain::DueJobs
+    };
     let (mut pool, waker) = WorkerPool::start(
         config.worker_count,
         Arc::clone(&store),
         retry,
         Arc::clone(&running),
         runner,
+        drain,
     )?;
     let defaults = JobDefaults {
         timeout_seconds: config.default_timeout_seconds,
@@ -114,11 +122,13 @@ pub fn run(
     };
     match &listener_failure {
         None => info!(
-            "shutdown requested: refusing new requests, draining due jobs for up to {} s (a second signal exits at once)",
+            "shutdown requested: refusing new requests, {} for up to {} s (a second signal exits at once)",
+            draining(drain),
             config.shutdown_grace.as_secs()
         ),
         Some(failure) => error!(
-            "cannot accept connections any more ({failure}); draining due jobs for up to {} s, then exiting with an error",
+            "cannot accept connections any more ({failure}); {} for up to {} s, then exiting with an error",
+            draining(drain),
             config.shutdown_grace.as_secs()
         ),
     }
@@ -149,6 +159,14 @@ pub fn run(
     }
     info!("stopped");
     Ok(Exit::Graceful)
+}
+
+/// What the drain does, as the log says it.
+fn draining(drain: Drain) -> &'static str {
+    match drain {
+        Drain::DueJobs => "draining due jobs",
+        Drain::RunningOnly => "finishing running attempts (other nodes take the queue)",
+    }
 }
 
 /// `DURABILITY` in the store's terms.

@@ -150,3 +150,21 @@ fn a_database_url_that_cannot_be_opened_exits_2_naming_the_variable() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// One SQLite file serves one process: a second server on a file another one has open is
+/// refused at start, saying so, and the first serves on untouched.
+#[test]
+fn a_second_server_on_the_same_sqlite_file_is_refused() {
+    let first = TestServer::builder().sqlite().start();
+    let id = first.submit(serde_json::json!({"payload": {"n": 1}}));
+    let url = format!("sqlite://{}", first.db_path().display());
+    let second = run_to_exit(&[], &[("DATABASE_URL", &url)], secs(20));
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    let expected = format!(
+        "the database file {} is in use by another mini-lambda-rust process; one SQLite file \
+         serves one process (use PostgreSQL for several nodes)",
+        first.db_path().display()
+    );
+    assert!(second.stderr.contains(&expected), "{}", second.stderr);
+    assert_eq!(first.wait_for_status(&id, "success", secs(10))["id"], id);
+}

@@ -83,11 +83,31 @@ pub fn run(
     expect: u16,
     until: Until,
 ) -> Result<Outcome> {
+    run_spread(&[addr], connections, request, expect, until)
+}
+
+/// `run` against several servers (nodes on one database): connection N goes to
+/// `addrs[N % addrs.len()]`, so the load is spread round-robin.
+pub fn run_spread(
+    addrs: &[SocketAddr],
+    connections: usize,
+    request: &[u8],
+    expect: u16,
+    until: Until,
+) -> Result<Outcome> {
     interrupt::check()?;
+    if addrs.is_empty() {
+        return Err(Error::new("no server to send load to"));
+    }
     // All connections are opened at once, before any request: a burst of connects is what
     // clients do, and tiny_http's pool once stranded such connections (see the server's
     // `CONNECTION_THREADS`). The phases report any connection left unanswered (`starved`).
-    let opened: Vec<_> = (0..connections).map(|_| Connection::open(addr)).collect();
+    let opened: Vec<_> = (0..connections)
+        .map(|index| {
+            let addr = addrs[index % addrs.len()];
+            (addr, Connection::open(addr))
+        })
+        .collect();
     // All threads start together, so the window does not include the set-up.
     let start_line = Barrier::new(connections);
     let budget = AtomicU64::new(match until {
@@ -97,7 +117,7 @@ pub fn run(
     let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
         let handles: Vec<_> = opened
             .into_iter()
-            .map(|connection| {
+            .map(|(addr, connection)| {
                 let (start_line, budget) = (&start_line, &budget);
                 scope.spawn(move || {
                     start_line.wait();

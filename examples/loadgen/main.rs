@@ -1,7 +1,9 @@
 //! The benchmark of mini-lambda-rust (`make bench`, `make bench-quick`): measures a bare
 //! tiny_http server as the ceiling, then the real release binary (submit throughput, end to
-//! end, dispatch latency, memory, a large database), prints one table against the targets of
-//! the performance issue and writes it to `target/bench/latest.json`.
+//! end, dispatch latency, memory, a large database; then, if a PostgreSQL answers at
+//! `BENCH_POSTGRES_URL`, submit and end to end on PostgreSQL with one and three nodes), prints
+//! one table against the targets of the performance issue and writes it to
+//! `target/bench/latest.json`.
 //!
 //! This file owns the command line and the order of the phases; each phase is in `phases.rs`.
 //! Traffic goes only to servers it starts on 127.0.0.1, every loop is bounded in count and
@@ -19,6 +21,8 @@ mod error;
 mod interrupt;
 mod load;
 mod paths;
+mod pg;
+mod pg_phases;
 mod phases;
 mod plan;
 mod report;
@@ -44,20 +48,25 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
 
   --full          the figures of the performance issue (default; a few minutes)
   --quick         the same phases, smaller (under a minute)
-  --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale
+  --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
+                  pg-submit, pg-end-to-end
   --server PATH   the server binary (default: target/release/mini-lambda-rust)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
-  LOADGEN_SERVER_LOG=FILTER sets the servers' RUST_LOG (default mini_lambda_rust=warn)";
+  LOADGEN_SERVER_LOG=FILTER sets the servers' RUST_LOG (default mini_lambda_rust=warn)
+  BENCH_POSTGRES_URL=URL is the PostgreSQL of the pg- phases (default postgres://root@127.0.0.1/test);
+    they are skipped when it does not answer or the server was built without --features postgres";
 
 /// The phases in the order they run; `--only` names them.
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 8] = [
     "ceiling",
     "submit",
     "normal",
     "end-to-end",
     "dispatch",
     "scale",
+    "pg-submit",
+    "pg-end-to-end",
 ];
 
 fn main() -> ExitCode {
@@ -159,6 +168,7 @@ fn run(options: Options) -> Result<bool> {
         // Fixed seed: two runs fill the scale database with the same shape of data.
         rng: Rng::new(0x5eed_1e55_ca1e),
         handler_threads: None,
+        postgres: None,
     };
     eprintln!(
         "benchmarking {} ({} run)",
@@ -194,6 +204,32 @@ fn run(options: Options) -> Result<bool> {
     }
     if wanted("scale") {
         results.scale = phase("scale", &mut bench, failures, phases::scale);
+    }
+    if (wanted("pg-submit") || wanted("pg-end-to-end")) && !interrupt::requested() {
+        eprintln!("postgres: looking for a usable PostgreSQL");
+        match pg_phases::available(&bench) {
+            Ok(Ok(postgres)) => bench.postgres = Some(postgres),
+            Ok(Err(why)) => {
+                eprintln!("  skipping the PostgreSQL phases: {why}");
+                results.postgres_unavailable = Some(why);
+            }
+            Err(err) => {
+                eprintln!("  FAILED: {err}");
+                failures.push(Failure {
+                    phase: "postgres",
+                    error: err.to_string(),
+                });
+            }
+        }
+    }
+    if bench.postgres.is_some() {
+        if wanted("pg-submit") {
+            results.pg_submit = phase("pg-submit", &mut bench, failures, pg_phases::submit);
+        }
+        if wanted("pg-end-to-end") {
+            results.pg_end_to_end =
+                phase("pg-end-to-end", &mut bench, failures, pg_phases::end_to_end);
+        }
     }
 
     let rows = report::rows(&results, &bench.plan);

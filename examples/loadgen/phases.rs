@@ -16,17 +16,18 @@ use crate::error::{Context, Error, Result};
 use crate::interrupt;
 use crate::load::{self, Outcome, Until};
 use crate::paths::Paths;
+use crate::pg::Postgres;
 use crate::plan::Plan;
 use crate::rng::Rng;
 use crate::seed;
-use crate::servers::{Server, Spec};
+use crate::servers::{Server, Settled, Spec};
 use crate::stats::Percentiles;
 
 /// Scheduled a year out: workers never touch these, so submit measures accepting a job
 /// durably and nothing else, and the jobs stay pending for the memory figure.
-const SUBMIT_BODY: &str = r#"{"payload":{"duration_ms":0},"delay_seconds":31536000}"#;
+pub const SUBMIT_BODY: &str = r#"{"payload":{"duration_ms":0},"delay_seconds":31536000}"#;
 /// Due now, no work: what end to end and dispatch latency run.
-const NOOP_BODY: &str = r#"{"payload":{"duration_ms":0}}"#;
+pub const NOOP_BODY: &str = r#"{"payload":{"duration_ms":0}}"#;
 /// Lets a server that just printed its address finish starting threads before memory is read.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often the end-to-end phase counts finished jobs.
@@ -42,6 +43,8 @@ pub struct Bench {
     pub rng: Rng,
     /// The server's handler thread count, once the ceiling phase has counted it.
     pub handler_threads: Option<usize>,
+    /// The PostgreSQL server of the `pg-` phases, once found usable.
+    pub postgres: Option<Postgres>,
 }
 
 /// A throughput figure with its error count, as the report needs it.
@@ -104,6 +107,29 @@ pub struct Submit {
     /// How the backlog fill went (16 connections): `None` if the submit phases already
     /// reached it. Its rate shows whether submitting slows down as the backlog grows.
     pub fill: Option<Fill>,
+    /// How long the server took to go quiet before each paired ceiling window.
+    pub settling: Settling,
+}
+
+/// The waits for a quiet server before the ceiling windows of a paired comparison, summed up
+/// for the report: a paired ceiling is only clean if every wait ended quiet.
+#[derive(Default)]
+pub struct Settling {
+    pub windows: usize,
+    /// Waits that hit the deadline: their ceiling window shared the cores with the server.
+    pub unsettled: usize,
+    pub longest: Duration,
+    /// The most CPU the server used in one wait, in ms.
+    pub most_busy_ms: f64,
+}
+
+impl Settling {
+    pub fn add(&mut self, settled: Settled) {
+        self.windows += 1;
+        self.unsettled += usize::from(!settled.quiet);
+        self.longest = self.longest.max(settled.waited);
+        self.most_busy_ms = self.most_busy_ms.max(settled.busy_ms);
+    }
 }
 
 pub struct Fill {
@@ -146,22 +172,35 @@ pub struct Scale {
 }
 
 impl Bench {
-    fn window(&self) -> Until {
+    pub fn window(&self) -> Until {
         Until::Window {
             warmup: self.plan.warmup,
             window: self.plan.window,
         }
     }
 
-    /// Starts the real server on `database` with the benchmark's settings plus `extra`.
+    /// Starts the real server on the SQLite file `database` with the benchmark's settings
+    /// plus `extra`; its log goes beside the file.
     fn start_server(&self, name: &str, database: &Path, extra: &[(&str, &str)]) -> Result<Server> {
-        let log = database.with_file_name("server.log");
+        self.start_server_at(
+            name,
+            &format!("sqlite://{}", database.display()),
+            &database.with_file_name("server.log"),
+            extra,
+        )
+    }
+
+    /// Starts the real server on `database_url` (SQLite or PostgreSQL), logging to `log`.
+    pub fn start_server_at(
+        &self,
+        name: &str,
+        database_url: &str,
+        log: &Path,
+        extra: &[(&str, &str)],
+    ) -> Result<Server> {
         let mut env = vec![
             ("SERVER_ADDR".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "DATABASE_URL".to_string(),
-                format!("sqlite://{}", database.display()),
-            ),
+            ("DATABASE_URL".to_string(), database_url.to_string()),
             // Per-request info lines would make the figure the cost of logging. LOADGEN_SERVER_LOG
             // overrides it to see what a server did (with --keep, its log stays).
             (
@@ -182,7 +221,7 @@ impl Bench {
             program: &self.paths.server,
             args: Vec::new(),
             env,
-            log,
+            log: log.to_path_buf(),
         })
     }
 
@@ -276,14 +315,20 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
         window: bench.plan.window / 2,
     };
     let mut acknowledged = 0;
+    let mut settling = Settling::default();
     let rounds_wanted = bench.plan.paired_rounds;
+    let settle_deadline = bench.plan.settle_deadline;
     let mut paired = |connections: usize| -> Result<(Rate, Rate)> {
         let mut rounds = Vec::new();
         for round in 1..=rounds_wanted {
             progress(&format!(
                 "submit: {connections} connections against the ceiling, round {round} of {rounds_wanted}"
             ));
+            // Each window starts with the other server idle: the server's checkpoints and
+            // closing connections from its window would otherwise land in the ceiling's.
+            settling.add(server.settle(settle_deadline)?);
             let ceiling = Rate::from(&load::run(bare.addr, connections, &request, 201, window)?);
+            bare.settle(settle_deadline)?;
             let outcome = load::run(server.addr, connections, &request, 201, window)?;
             acknowledged += outcome.ok_total;
             rounds.push((Rate::from(&outcome), ceiling));
@@ -333,6 +378,7 @@ pub fn submit(bench: &mut Bench) -> Result<Submit> {
         backlog_jobs,
         acknowledged,
         fill,
+        settling,
     })
 }
 
@@ -361,7 +407,10 @@ pub fn submit_normal(bench: &mut Bench) -> Result<Normal> {
         progress(&format!(
             "submit: FULL vs NORMAL, 64 connections, round {round} of {rounds_wanted}"
         ));
+        // As for the ceiling: each window starts with the other server quiet.
+        normal.settle(bench.plan.settle_deadline)?;
         let full_rate = Rate::from(&load::run(full.addr, 64, &request, 201, window)?);
+        full.settle(bench.plan.settle_deadline)?;
         let normal_rate = Rate::from(&load::run(normal.addr, 64, &request, 201, window)?);
         rounds.push((full_rate, normal_rate));
     }
@@ -377,7 +426,7 @@ pub fn submit_normal(bench: &mut Bench) -> Result<Normal> {
 
 /// The round whose ratio (first over second) is the median, so that each ratio compares two
 /// windows measured next to each other; errors of every round are kept in it.
-fn median_pair(mut rounds: Vec<(Rate, Rate)>) -> (Rate, Rate) {
+pub fn median_pair(mut rounds: Vec<(Rate, Rate)>) -> (Rate, Rate) {
     let errors: (u64, u64) = rounds
         .iter()
         .fold((0, 0), |(a, b), (x, y)| (a + x.errors, b + y.errors));
@@ -413,16 +462,7 @@ pub fn end_to_end(bench: &mut Bench) -> Result<EndToEnd> {
     let jobs = submitted.ok_total;
     progress(&format!("end to end: waiting for {jobs} jobs to succeed"));
     let reader = ReadOnly::open(&database)?;
-    let deadline = Instant::now() + bench.plan.drain_deadline;
-    let (finished, done_at) = loop {
-        interrupt::check()?;
-        let finished = reader.count("success")?;
-        let now = Instant::now();
-        if finished >= jobs || now >= deadline {
-            break (finished, now);
-        }
-        thread::sleep(DRAIN_POLL);
-    };
+    let (finished, done_at) = drain(jobs, bench.plan.drain_deadline, || reader.count("success"))?;
     drop(reader);
     server.stop()?;
     Ok(EndToEnd {
@@ -432,6 +472,25 @@ pub fn end_to_end(bench: &mut Bench) -> Result<EndToEnd> {
         submit: Rate::from(&submitted),
         drained: finished >= jobs,
     })
+}
+
+/// Polls `succeeded` until it reaches `jobs` or `deadline` passes: how many had succeeded, and
+/// when that was seen.
+pub fn drain(
+    jobs: u64,
+    deadline: Duration,
+    mut succeeded: impl FnMut() -> Result<u64>,
+) -> Result<(u64, Instant)> {
+    let deadline = Instant::now() + deadline;
+    loop {
+        interrupt::check()?;
+        let finished = succeeded()?;
+        let now = Instant::now();
+        if finished >= jobs || now >= deadline {
+            return Ok((finished, now));
+        }
+        thread::sleep(DRAIN_POLL);
+    }
 }
 
 /// On an idle server, jobs one at a time: the client's clock when the 201 arrives against the

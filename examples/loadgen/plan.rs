@@ -38,6 +38,12 @@ pub struct Plan {
     /// take: bounds, not expectations.
     pub drain_deadline: Duration,
     pub fill_deadline: Duration,
+    /// No-op jobs of each PostgreSQL end-to-end run, and how long submitting them and waiting
+    /// for them may take.
+    pub pg_jobs: u64,
+    pub pg_drain_deadline: Duration,
+    /// The longest wait for a server to go quiet before a window on another server.
+    pub settle_deadline: Duration,
 }
 
 impl Plan {
@@ -56,6 +62,9 @@ impl Plan {
                 latency_deadline: Duration::from_secs(60),
                 drain_deadline: Duration::from_secs(120),
                 fill_deadline: Duration::from_secs(180),
+                settle_deadline: Duration::from_secs(15),
+                pg_jobs: 10_000,
+                pg_drain_deadline: Duration::from_secs(180),
             },
             Mode::Quick => Plan {
                 mode,
@@ -70,6 +79,9 @@ impl Plan {
                 latency_deadline: Duration::from_secs(4),
                 drain_deadline: Duration::from_secs(10),
                 fill_deadline: Duration::from_secs(10),
+                settle_deadline: Duration::from_secs(5),
+                pg_jobs: 3_000,
+                pg_drain_deadline: Duration::from_secs(60),
             },
         }
     }

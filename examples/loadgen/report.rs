@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Context, Result};
 use crate::paths::Paths;
+use crate::pg_phases::{PgEndToEnd, PgRun, PgSubmit};
 use crate::phases::{Ceiling, EndToEnd, Latency, Normal, Rate, Scale, Submit};
 use crate::plan::{Mode, Plan};
 
@@ -22,6 +23,11 @@ pub struct Results {
     pub end_to_end: Option<EndToEnd>,
     pub dispatch: Option<Latency>,
     pub scale: Option<Scale>,
+    pub pg_submit: Option<PgSubmit>,
+    pub pg_end_to_end: Option<PgEndToEnd>,
+    /// Why the PostgreSQL phases did not run (no server answering, a binary without the
+    /// feature); their rows say so instead of ERROR.
+    pub postgres_unavailable: Option<String>,
     pub failures: Vec<Failure>,
     /// Phases left out with `--only`: their figures are left out of the report too.
     pub skipped: Vec<&'static str>,
@@ -48,6 +54,9 @@ pub enum Verdict {
     /// The phase failed; no value.
     #[serde(rename = "ERROR")]
     Error,
+    /// The phase could not run here (no PostgreSQL); the note says why.
+    #[serde(rename = "skipped")]
+    Skipped,
 }
 
 impl Verdict {
@@ -58,6 +67,7 @@ impl Verdict {
             Verdict::Info => "-",
             Verdict::NotApplicable => "n/a",
             Verdict::Error => "ERROR",
+            Verdict::Skipped => "skipped",
         }
     }
 }
@@ -98,6 +108,8 @@ pub struct Row {
     check: Option<Target>,
     #[serde(skip)]
     not_applicable: bool,
+    #[serde(skip)]
+    skipped: bool,
 }
 
 impl Row {
@@ -122,6 +134,7 @@ impl Row {
             note: None,
             check: None,
             not_applicable: false,
+            skipped: false,
         }
     }
 
@@ -173,6 +186,7 @@ impl Row {
             _ => None,
         };
         self.result = match (self.value, self.check) {
+            (None, _) if self.skipped => Verdict::Skipped,
             (None, _) => Verdict::Error,
             (Some(_), _) if self.not_applicable => Verdict::NotApplicable,
             // A share of a ceiling that was not measured (failed, or left out) cannot be judged.
@@ -214,16 +228,34 @@ pub fn rows(results: &Results, plan: &Plan) -> Vec<Row> {
     rows.extend(dispatch_rows(results));
     rows.extend(memory_rows(results, plan));
     rows.extend(scale_rows(results, plan));
+    rows.extend(postgres_rows(results));
+    // The reason for skipping the PostgreSQL rows is said once, on the first of them.
+    let mut skipped_first: Option<&'static str> = None;
     rows.into_iter()
         .filter(|row| row.value.is_some() || !results.skipped.contains(&phase_of(row.key)))
-        .map(Row::judge)
+        .map(|mut row| {
+            if let Some(why) = &results.postgres_unavailable {
+                if phase_of(row.key).starts_with("pg-") {
+                    row.skipped = true;
+                    row.note = Some(match skipped_first {
+                        None => format!("skipped: {why}"),
+                        Some(first) => format!("skipped, see {first}"),
+                    });
+                    skipped_first.get_or_insert(row.key);
+                }
+            }
+            row.judge()
+        })
         .collect()
 }
 
 /// The phase (as `--only` names it) that measures the figure `key`.
 fn phase_of(key: &str) -> &'static str {
     match key {
-        "submit_64_normal" => "normal",
+        "submit_64_normal" | "submit_full_vs_normal" => "normal",
+        _ if key.starts_with("pg_end_to_end") => "pg-end-to-end",
+        _ if key.starts_with("pg_") => "pg-submit",
+        _ if key.starts_with("ceiling_paired") => "submit",
         _ if key.starts_with("ceiling") => "ceiling",
         _ if key.starts_with("submit") || key.starts_with("rss") => "submit",
         _ if key.starts_with("end_to_end") => "end-to-end",
@@ -301,7 +333,8 @@ fn ceiling_rows(ceiling: Option<&Ceiling>) -> Vec<Row> {
             "ceiling_64",
             "ceiling: bare tiny_http, 64 conns",
             ceiling.map(|c| &c.rate64),
-        ),
+        )
+        .with_note("the standalone ceiling, measured alone before any server ran; the submit ratios use the paired ceiling (ceiling_paired_*) instead"),
         latency_row(
             "ceiling_round_trip_p50",
             "ceiling: round trip, 1 conn, p50",
@@ -355,37 +388,76 @@ fn submit_rows(results: &Results) -> Vec<Row> {
             "the server does not read DURABILITY yet (not in --help): both runs were FULL".into(),
         );
     }
+    let standalone = |pick: fn(&Ceiling) -> f64| ceiling.map(pick);
+    let settling = submit.map(|s| {
+        let waits = format!(
+            "before each of its {} windows the server under test was idle (CPU time still for 300 ms) after at most {:.2} s and {:.0} ms of CPU",
+            s.settling.windows,
+            s.settling.longest.as_secs_f64(),
+            s.settling.most_busy_ms
+        );
+        if s.settling.unsettled > 0 {
+            format!(
+                "{waits}; {} windows started at the deadline with the server still busy",
+                s.settling.unsettled
+            )
+        } else {
+            waits
+        }
+    });
+    let paired_ceiling = |key, figure, rate: Option<&Rate>, alone: Option<f64>| {
+        rate_row(key, figure, rate)
+            .baseline(
+                "standalone ceiling (ceiling phase), same connections",
+                alone,
+                RatioStyle::Percent,
+            )
+            .with_note("the baseline of the submit_16 and submit_64 ratios; far from 100% means the machine was busier during the submit phase than during the ceiling phase")
+    };
     vec![
+        paired_ceiling(
+            "ceiling_paired_16",
+            "ceiling: paired with submit, 16 conns",
+            submit.map(|s| &s.ceiling16),
+            standalone(|c| c.rate16.per_second),
+        )
+        .note(settling),
+        paired_ceiling(
+            "ceiling_paired_64",
+            "ceiling: paired with submit, 64 conns",
+            submit.map(|s| &s.ceiling64),
+            standalone(|c| c.rate64.per_second),
+        ),
         rate_row(
             "submit_16",
             "submit, 16 conns, FULL",
             submit.map(|s| &s.rate16),
         )
         .baseline(
-            "ceiling, 16 conns, alternating windows",
+            "paired ceiling, 16 conns (ceiling_paired_16)",
             submit.map(|s| s.ceiling16.per_second),
             RatioStyle::Percent,
         )
-        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window; ratio against the paired ceiling"),
         rate_row(
             "submit_64",
             "submit, 64 conns, FULL",
             submit.map(|s| &s.rate64),
         )
         .baseline(
-            "ceiling, 64 conns, alternating windows",
+            "paired ceiling, 64 conns (ceiling_paired_64)",
             submit.map(|s| s.ceiling64.per_second),
             RatioStyle::Percent,
         )
         .target(">= 30% (aim 40%)", Target::RatioAtLeast(0.30))
-        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window"),
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a window with a ceiling window; ratio against the paired ceiling"),
         rate_row(
             "submit_64_normal",
             "submit, 64 conns, NORMAL (paired median)",
             normal.map(|n| &n.rate64),
         )
         .baseline(
-            "ceiling, 64 conns, alternating windows",
+            "paired ceiling of the submit phase, 64 conns (ceiling_paired_64), else ceiling_64",
             submit
                 .map(|s| s.ceiling64.per_second)
                 .or(ceiling.map(|c| c.rate64.per_second)),
@@ -397,23 +469,7 @@ fn submit_rows(results: &Results) -> Vec<Row> {
 
 fn end_to_end_rows(results: &Results) -> Vec<Row> {
     let run = results.end_to_end.as_ref();
-    let note = run.map(|run| {
-        let submitted = format!(
-            "{} jobs submitted at {:.0}/s",
-            run.jobs, run.submit.per_second
-        );
-        if run.drained {
-            format!(
-                "{submitted}, all succeeded {:.2} s after the first",
-                run.seconds
-            )
-        } else {
-            format!(
-                "{submitted}, only {} succeeded within the deadline ({:.1} s)",
-                run.finished, run.seconds
-            )
-        }
-    });
+    let note = run.map(drain_note);
     let unfinished = run.map_or(0, |run| run.jobs.saturating_sub(run.finished));
     vec![Row::new(
         "end_to_end",
@@ -422,7 +478,7 @@ fn end_to_end_rows(results: &Results) -> Vec<Row> {
         "jobs/s",
     )
     .baseline(
-        "ceiling, 64 conns (median of the submit phase's windows)",
+        "paired ceiling of the submit phase, 64 conns (ceiling_paired_64), else ceiling_64",
         results
             .submit
             .as_ref()
@@ -439,6 +495,139 @@ fn end_to_end_rows(results: &Results) -> Vec<Row> {
         run.and_then(|run| run.submit.first_error.as_deref()),
     )
     .note(run.and_then(|run| stall(&run.submit)))]
+}
+
+/// How an end-to-end run went: how many jobs, how fast they were submitted, and when the last
+/// one succeeded (or how many had when the deadline came).
+fn drain_note(run: &EndToEnd) -> String {
+    let submitted = format!(
+        "{} jobs submitted at {:.0}/s",
+        run.jobs, run.submit.per_second
+    );
+    if run.drained {
+        format!(
+            "{submitted}, all succeeded {:.2} s after the first",
+            run.seconds
+        )
+    } else {
+        format!(
+            "{submitted}, only {} succeeded within the deadline ({:.1} s)",
+            run.finished, run.seconds
+        )
+    }
+}
+
+/// The PostgreSQL figures, all informational: there is no target for them yet, and their
+/// baseline is the database's own INSERT rate, not the HTTP ceiling.
+fn postgres_rows(results: &Results) -> Vec<Row> {
+    let submit = results.pg_submit.as_ref();
+    let e2e = results.pg_end_to_end.as_ref();
+    let settling = submit.map(|s| {
+        format!(
+            "64 clients, one job-shaped row per autocommitted INSERT, in the pg submit rounds' windows; before each the server was idle after at most {:.2} s{}",
+            s.settling.longest.as_secs_f64(),
+            if s.settling.unsettled > 0 {
+                format!(" ({} waits hit the deadline)", s.settling.unsettled)
+            } else {
+                String::new()
+            }
+        )
+    });
+    let mut rows = vec![
+        Row::new(
+            "pg_baseline_insert_64",
+            "PostgreSQL INSERT baseline, 64 clients",
+            submit.map(|s| s.baseline.per_second),
+            "tx/s",
+        )
+        .errors(
+            submit.map_or(0, |s| s.baseline.errors),
+            submit.and_then(|s| s.baseline.first_error.as_deref()),
+        )
+        .note(settling),
+        rate_row(
+            "pg_submit_64",
+            "PostgreSQL submit, 64 conns, 1 node",
+            submit.map(|s| &s.rate64),
+        )
+        .baseline(
+            "INSERT baseline, 64 clients, paired windows (pg_baseline_insert_64)",
+            submit.map(|s| s.baseline.per_second),
+            RatioStyle::Percent,
+        )
+        .with_note("the round with the median ratio, of several rounds (5 full, 3 quick) each pairing a server window with a baseline window; the default MAX_PENDING_JOBS (a limit, counted under a lock at every submit)"),
+        rate_row(
+            "pg_submit_64_unlimited",
+            "PostgreSQL submit, 64 conns, MAX_PENDING_JOBS=0",
+            submit.map(|s| &s.unlimited64),
+        )
+        .baseline(
+            "INSERT baseline, 64 clients, paired windows of its own rounds",
+            submit.map(|s| s.unlimited_baseline.per_second),
+            RatioStyle::Percent,
+        )
+        .with_note("no pending limit, so no lock around each submit: what the limit costs, next to pg_submit_64"),
+    ];
+    let run_row = |key, figure, pick: fn(&PgEndToEnd) -> &PgRun| {
+        let run = e2e.map(pick);
+        let unfinished = run.map_or(0, |r| r.run.jobs.saturating_sub(r.run.finished));
+        Row::new(key, figure, run.map(|r| r.run.rate()), "jobs/s")
+            .baseline(
+                "INSERT baseline, 64 clients, measured just before on the same schema",
+                run.map(|r| r.baseline.per_second),
+                RatioStyle::Percent,
+            )
+            .note(run.map(|r| drain_note(&r.run)))
+            .note(run.filter(|r| r.run.jobs < r.planned).map(|r| {
+                format!(
+                    "only {} of the {} planned jobs were submitted before the deadline",
+                    r.run.jobs, r.planned
+                )
+            }))
+            .note(run.map(|r| format!("{} node(s) of 16 workers, load round-robin", r.nodes)))
+            .errors(unfinished, None)
+            .errors(
+                run.map_or(0, |r| r.run.submit.errors),
+                run.and_then(|r| r.run.submit.first_error.as_deref()),
+            )
+            .errors(
+                run.map_or(0, |r| r.baseline.errors),
+                run.and_then(|r| r.baseline.first_error.as_deref()),
+            )
+    };
+    rows.push(run_row(
+        "pg_end_to_end_1",
+        "PostgreSQL end to end, 1 node",
+        |e| &e.one,
+    ));
+    rows.push(run_row(
+        "pg_end_to_end_3",
+        "PostgreSQL end to end, 3 nodes",
+        |e| &e.three,
+    ));
+    // Each run against its own baseline too, as the raw ratio also moves with the machine.
+    let normalised = e2e.map(|e| {
+        let share = |r: &PgRun| r.run.rate() / r.baseline.per_second.max(1e-9);
+        format!(
+            "as shares of their own baselines: {:.2}x",
+            share(&e.three) / share(&e.one).max(1e-9)
+        )
+    });
+    rows.push(
+        Row::new(
+            "pg_end_to_end_3_vs_1",
+            "PostgreSQL end to end: 3 nodes vs 1",
+            e2e.map(|e| e.three.run.rate()),
+            "jobs/s",
+        )
+        .baseline(
+            "end to end on 1 node (pg_end_to_end_1)",
+            e2e.map(|e| e.one.run.rate()),
+            RatioStyle::Times,
+        )
+        .note(normalised),
+    );
+    rows
 }
 
 fn dispatch_rows(results: &Results) -> Vec<Row> {
@@ -682,7 +871,7 @@ pub fn table(rows: &[Row]) -> String {
 
 fn number(value: f64, unit: &str) -> String {
     match unit {
-        "req/s" | "jobs/s" => format!("{value:.0}"),
+        "req/s" | "jobs/s" | "tx/s" => format!("{value:.0}"),
         "MiB" => format!("{value:.1}"),
         _ if value.abs() >= 100.0 => format!("{value:.0}"),
         _ => format!("{value:.3}"),
@@ -709,6 +898,8 @@ struct Document<'a> {
     failures: &'a [Failure],
     /// Phases left out with `--only`.
     skipped: &'a [&'static str],
+    /// Why the PostgreSQL phases were skipped, if they were.
+    postgres_unavailable: Option<&'a str>,
     /// HTTP handler threads of the server under test, and so of the ceiling: the ceiling moves
     /// with this number, so reports are only comparable with it in view.
     handler_threads: Option<usize>,
@@ -742,6 +933,7 @@ pub fn write_json(paths: &Paths, plan: &Plan, rows: &[Row], results: &Results) -
         figures: rows,
         failures: &results.failures,
         skipped: &results.skipped,
+        postgres_unavailable: results.postgres_unavailable.as_deref(),
         handler_threads: results.ceiling.as_ref().map(|c| c.handler_threads),
         targets_met: rows
             .iter()

@@ -54,6 +54,23 @@ pub struct Server {
     stopped: bool,
 }
 
+/// How long a server must stay quiet to count as settled, and what quiet allows: one clock tick
+/// (10 ms at the usual 100 Hz) over the span, for timers and heartbeats that cost almost nothing.
+const QUIET_SPAN: Duration = Duration::from_millis(300);
+const QUIET_TICKS: u64 = 1;
+const QUIET_POLL: Duration = Duration::from_millis(25);
+
+/// How a wait for a quiet server went (`Server::settle`).
+#[derive(Clone, Copy, Default)]
+pub struct Settled {
+    /// From the start of the wait until the quiet span had passed (or the deadline came).
+    pub waited: Duration,
+    /// CPU the server used meanwhile, in ms: what it was still doing after the load ended.
+    pub busy_ms: f64,
+    /// False if the deadline came first: the window that follows was not clean.
+    pub quiet: bool,
+}
+
 /// Resident memory from /proc/PID/status.
 #[derive(Clone, Copy)]
 pub struct Memory {
@@ -173,6 +190,53 @@ impl Server {
         })
     }
 
+    /// User plus system CPU time of the whole process, in clock ticks (/proc/PID/stat fields
+    /// 14 and 15, which count every thread).
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).context(format!("cannot read {path}"))?;
+        // The command name (field 2) may hold spaces and parentheses; fields after the last
+        // `)` are plain numbers, starting with field 3.
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| Error::new(format!("{path} has no command name")))?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |number: usize| -> Result<u64> {
+            fields
+                .get(number - 3)
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| Error::new(format!("{path} has no field {number}")))
+        };
+        Ok(field(14)? + field(15)?)
+    }
+
+    /// Waits until the server's CPU time has stopped advancing for `QUIET_SPAN` (checkpoints
+    /// written, connection threads gone, workers idle), or until `deadline`. A window measured
+    /// on the ceiling while this server still works shares the cores with that work.
+    pub fn settle(&self, deadline: Duration) -> Result<Settled> {
+        let started = Instant::now();
+        let first = self.cpu_ticks()?;
+        let mut quiet_since = (started, first);
+        loop {
+            interrupt::check()?;
+            thread::sleep(QUIET_POLL);
+            let now = Instant::now();
+            let ticks = self.cpu_ticks()?;
+            if ticks > quiet_since.1 + QUIET_TICKS {
+                quiet_since = (now, ticks);
+            }
+            let quiet = now - quiet_since.0 >= QUIET_SPAN;
+            if quiet || now - started >= deadline {
+                return Ok(Settled {
+                    waited: now - started,
+                    busy_ms: (ticks - first) as f64 * 1e3 / clock_ticks_per_second(),
+                    quiet,
+                });
+            }
+        }
+    }
+
     /// How many of its threads have a name starting with `prefix` (from /proc/PID/task).
     pub fn threads_named(&self, prefix: &str) -> Result<usize> {
         let dir = format!("/proc/{}/task", self.pid());
@@ -241,6 +305,16 @@ impl Server {
         } else {
             Error::new(format!("{} {what}; end of its log:\n    {tail}", self.name))
         }
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
     }
 }
 

@@ -181,6 +181,9 @@ pub trait Backend: Send + Sync {
     /// The attempts the database says run on this node.
     fn running_here(&self) -> Result<Vec<RunningHere>>;
 
+    /// Whether other nodes may use the same queue (so a draining node leaves them the jobs).
+    fn is_shared(&self) -> bool;
+
     /// Calls `on_queued` whenever another node may have queued a job, for as long as the
     /// process runs. SQLite has no other node and does nothing.
     fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()>;
@@ -335,6 +338,10 @@ impl Store {
 
     pub fn running_here(&self) -> Result<Vec<RunningHere>> {
         self.backend.running_here()
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.backend.is_shared()
     }
 
     pub fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {

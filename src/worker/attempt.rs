@@ -16,6 +16,7 @@ use crossbeam_channel::{select, Receiver, TryRecvError};
 use log::{debug, error, info, warn};
 
 use super::idle::{Waker, DATABASE_RETRY_WAIT};
+use super::pool::Drain;
 use crate::error::{Error, Result};
 use crate::executor::{Details, Executor, Outcome};
 use crate::job::{AttemptDetails, AttemptEnd, Job};
@@ -40,6 +41,8 @@ pub(super) struct AttemptContext {
     /// Runs the attempts.
     pub(super) executor: Arc<dyn Executor>,
     pub(super) abort: Receiver<()>,
+    pub(super) drain: Receiver<()>,
+    pub(super) drain_mode: Drain,
 }
 
 /// What a worker learned while recording an attempt.
@@ -93,9 +96,12 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
     let end = attempt_end(&context.retry, &job, outcome, cancel_requested);
     let elapsed = started.elapsed();
     let now = Timestamp::now();
-    // While the pool is being aborted nothing new is claimed.
-    let aborting = matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected));
-    let (recorded, after) = if aborting || matches!(end, AttemptEnd::Released { .. }) {
+    // While the pool is being aborted nothing new is claimed, nor while it drains a queue
+    // other nodes share.
+    let stopped = |signal: &Receiver<()>| matches!(signal.try_recv(), Err(TryRecvError::Disconnected));
+    let claims_nothing = stopped(&context.abort)
+        || (context.drain_mode == Drain::RunningOnly && stopped(&context.drain));
+    let (recorded, after) = if claims_nothing || matches!(end, AttemptEnd::Released { .. }) {
         (
             context.store.finish_attempt(&job, &end, &details, now),
             AfterAttempt::default(),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use log::{debug, error};
 
+use super::pool::Drain;
 use crate::job::Job;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -92,6 +93,7 @@ pub(super) struct IdleContext {
     /// This worker's slot in `waker.sleepers`.
     pub(super) slot: usize,
     pub(super) drain: Receiver<()>,
+    pub(super) drain_mode: Drain,
     pub(super) abort: Receiver<()>,
 }
 
@@ -109,6 +111,9 @@ pub(super) fn find_work(
     known_due: &mut Option<Timestamp>,
 ) -> Next {
     if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
+        return Next::Stop;
+    }
+    if *draining && context.drain_mode == Drain::RunningOnly {
         return Next::Stop;
     }
     // A read first: most wake-ups (a job scheduled for later, a job another worker took)

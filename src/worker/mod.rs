@@ -16,4 +16,4 @@ mod recovery;
 
 pub use idle::Waker;
 pub use lease::LeaseKeeper;
-pub use pool::WorkerPool;
+pub use pool::{Drain, WorkerPool};

@@ -20,6 +20,16 @@ use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::time::Timestamp;
 
+/// What the workers do once a drain begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Run every job that is due, then stop: the queue is this node's alone (SQLite).
+    DueJobs,
+    /// Finish the attempts running and claim nothing more: other nodes share the queue and
+    /// take the rest (PostgreSQL).
+    RunningOnly,
+}
+
 pub struct WorkerPool {
     handles: Vec<JoinHandle<()>>,
     drain: Option<Sender<()>>,
@@ -37,15 +47,18 @@ struct WorkerContext {
 
 impl WorkerPool {
     /// Starts `count` workers and returns the pool with the waker that HTTP handlers use.
+    /// `drain` says what a drain does: finish what is due (a queue of this node's own), or
+    /// only the attempts running (a queue shared with other nodes, which take the rest).
     pub fn start(
         count: usize,
         store: Arc<Store>,
         retry: RetryPolicy,
         running: Arc<RunningAttempts>,
         executor: Arc<dyn Executor>,
+        drain: Drain,
     ) -> Result<(WorkerPool, Waker)> {
         let (waker, wake) = Waker::for_workers(count);
-        let (drain_sender, drain) = bounded(0);
+        let (drain_sender, drain_signal) = bounded(0);
         let (abort_sender, abort) = bounded(0);
         let (alive, exited) = bounded(0);
         let mut handles = Vec::with_capacity(count);
@@ -56,7 +69,8 @@ impl WorkerPool {
                     wake: wake.clone(),
                     waker: waker.clone(),
                     slot: number - 1,
-                    drain: drain.clone(),
+                    drain: drain_signal.clone(),
+                    drain_mode: drain,
                     abort: abort.clone(),
                 },
                 attempt: AttemptContext {
@@ -66,6 +80,8 @@ impl WorkerPool {
                     running: Arc::clone(&running),
                     executor: Arc::clone(&executor),
                     abort: abort.clone(),
+                    drain: drain_signal.clone(),
+                    drain_mode: drain,
                 },
                 _alive: alive.clone(),
             };
@@ -195,6 +211,7 @@ mod tests {
             RETRY,
             Arc::new(RunningAttempts::default()),
             Arc::new(PanicsOnFirstAttempts),
+            Drain::DueJobs,
         )
         .unwrap();
         waker.job_queued(now);

@@ -544,6 +544,10 @@ impl Backend for SqliteStore {
         })
     }
 
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn watch_other_nodes(&self, _on_queued: OnJobQueued) -> Result<()> {
         Ok(())
     }

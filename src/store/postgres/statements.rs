@@ -1,0 +1,203 @@
+//! Every statement the PostgreSQL backend runs on jobs, attempts and nodes. Parameters are
+//! typed as the columns are: `INTEGER` binds an `i32`, `BIGINT` an `i64`.
+
+use std::sync::OnceLock;
+
+use super::row::job_columns;
+use crate::job::MAX_PRIORITY;
+
+/// Now by the database's clock, in microseconds: leases compare heartbeats with this, so
+/// the nodes' own clocks never matter.
+macro_rules! database_now {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+    };
+}
+
+/// Sends the notification `notify` listens for, to wake the other nodes.
+macro_rules! notify_queued {
+    () => {
+        "pg_notify('minilambda_jobs', current_schema())"
+    };
+}
+
+pub const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+pub const LOCK_BY_ID: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE id = $1 FOR UPDATE"
+);
+pub const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = $1";
+pub const LIST_ALL: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+);
+pub const LIST_BY_STATUS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+);
+
+/// Stores a job and wakes the other nodes, in one statement (so one round trip, committed
+/// before it is answered). Returns one row.
+pub const INSERT_JOB: &str = concat!(
+    "WITH added AS (
+        INSERT INTO jobs (id, payload, status, priority, run_at, created_at, max_retries,
+                          timeout_seconds, function)
+        VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)
+        RETURNING seq)
+     SELECT ",
+    notify_queued!(),
+    " FROM added"
+);
+/// Taken by a submit when a pending limit is set, so that two submits (on any nodes) never
+/// both count the last free place. Keyed by schema: deployments sharing a database do not
+/// wait on one another.
+pub const LOCK_PENDING_COUNT: &str =
+    "SELECT pg_advisory_xact_lock(1835822192, hashtext(current_schema()))";
+/// Pending jobs, counted only up to the limit `$1`: an index-only scan of the partial pending
+/// index that stops at the limit.
+pub const COUNT_PENDING_UP_TO: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT $1) AS pending";
+
+/// Claims the highest-priority due job: one branch per priority, highest first, each a seek
+/// on `jobs_pending_by_priority` (`priority = p AND run_at <= now`, oldest first), so future
+/// jobs cost nothing. The outer `LIMIT 1` stops at the first branch that finds a job (an
+/// `Append` runs its branches in order and is never parallel for a locking query). `SKIP
+/// LOCKED` passes over a job another claim holds, so no job goes to two claims and claims do
+/// not queue behind one another. The attempt is numbered after the job's last one.
+pub fn claim_next_due() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let branches: Vec<String> = (0..=MAX_PRIORITY)
+            .rev()
+            .map(|priority| {
+                format!(
+                    "SELECT seq FROM (SELECT seq FROM jobs
+                        WHERE status = 'pending' AND priority = {priority} AND run_at <= $1
+                        ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p{priority}"
+                )
+            })
+            .collect();
+        format!(
+            "WITH due AS MATERIALIZED ({} LIMIT 1),
+             opened AS (
+                INSERT INTO attempts (job_seq, attempt, status, started_at, node)
+                SELECT due.seq, coalesce((SELECT max(attempt) FROM attempts
+                                          WHERE attempts.job_seq = due.seq), 0) + 1,
+                       'running', $1, $2
+                FROM due
+                RETURNING job_seq, attempt)
+             UPDATE jobs SET status = 'running', started_at = $1, finished_at = NULL,
+                    result = NULL, error_message = NULL, attempt = opened.attempt, node = $2,
+                    cancel_requested = false
+             FROM opened WHERE jobs.seq = opened.job_seq
+             RETURNING {}",
+            branches.join(" UNION ALL "),
+            job_columns!()
+        )
+    })
+}
+
+/// The earliest `run_at` among pending jobs: the oldest of each priority, one index seek each.
+pub const NEXT_DUE_AT: &str = "SELECT min(oldest.run_at)
+     FROM generate_series(0, 9) AS priorities (priority)
+     CROSS JOIN LATERAL (SELECT run_at FROM jobs
+                         WHERE status = 'pending' AND jobs.priority = priorities.priority
+                         ORDER BY run_at LIMIT 1) AS oldest";
+
+/// Ends attempt `$2` of job `$1` with the status `$9` its transition says, if the job still
+/// runs that attempt: an outcome never lands on a later attempt of the same job (it was
+/// recovered elsewhere). A retry (`$10` set) counts one more retry and is due at `$10`. The
+/// attempt's own row is closed in the same statement. Returns the number of jobs updated.
+macro_rules! finish_attempt {
+    ($then:expr) => {
+        concat!(
+            "WITH closed AS (
+                UPDATE attempts SET status = $3, finished_at = $4, result = $5,
+                       error_message = $6, exit_code = $7, stderr_tail = $8
+                WHERE job_seq = $1 AND attempt = $2 AND status = 'running'),
+             ended AS (
+                UPDATE jobs SET status = $9, finished_at = $4, result = $5, error_message = $6,
+                       retry_count = retry_count + CASE WHEN $10::bigint IS NULL THEN 0 ELSE 1 END,
+                       run_at = coalesce($10::bigint, run_at),
+                       node = NULL
+                WHERE seq = $1 AND status = 'running' AND attempt IS NOT DISTINCT FROM $2
+                RETURNING seq)
+             SELECT ",
+            $then,
+            " FROM ended"
+        )
+    };
+}
+pub const FINISH_ATTEMPT: &str = finish_attempt!("seq");
+/// `FINISH_ATTEMPT` for an outcome that puts the job back in the queue (a retry, a release):
+/// the other nodes are woken for it.
+pub const FINISH_ATTEMPT_REQUEUED: &str = finish_attempt!(notify_queued!());
+
+pub const STATUS_OF_ID_LOCKED: &str = "SELECT status FROM jobs WHERE id = $1 FOR UPDATE";
+pub const RESTART_JOB: &str = concat!(
+    "UPDATE jobs SET status = 'pending', retry_count = 0, run_at = $2, started_at = NULL,
+            finished_at = NULL, result = NULL, error_message = NULL
+     WHERE id = $1 RETURNING ",
+    job_columns!()
+);
+pub const NOTIFY_QUEUED: &str = concat!("SELECT ", notify_queued!());
+pub const CANCEL_PENDING: &str = concat!(
+    "UPDATE jobs SET status = 'cancelled', finished_at = $2,
+            error_message = 'cancelled by request'
+     WHERE seq = $1 RETURNING ",
+    job_columns!()
+);
+/// Tells the node running the job to stop it.
+pub const REQUEST_CANCEL: &str = "UPDATE jobs SET cancel_requested = true WHERE seq = $1";
+/// Deletes a job and its attempts; returns the job as it was.
+pub const DELETE_JOB: &str = concat!(
+    "WITH gone AS (DELETE FROM jobs WHERE id = $1 RETURNING *),
+          attempts_gone AS (DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM gone))
+     SELECT ",
+    job_columns!(),
+    " FROM gone AS jobs"
+);
+/// The job's attempts in order, with a row of nulls for a job that has none; no row for no
+/// such job. `LATERAL`: the attempts are one seek on their key per job.
+pub const ATTEMPTS_OF_JOB: &str = concat!(
+    "SELECT ",
+    super::row::attempt_columns!(),
+    " FROM jobs LEFT JOIN LATERAL (SELECT * FROM attempts WHERE attempts.job_seq = jobs.seq)
+        AS attempts ON true
+     WHERE jobs.id = $1 ORDER BY attempts.attempt"
+);
+
+pub const HEARTBEAT: &str = concat!(
+    "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES ($1, $2, ",
+    database_now!(),
+    ") ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+);
+/// Running jobs whose node lost its lease (`$3` microseconds without a heartbeat, by the
+/// database's clock, or no row at all), and with `$2` every job of this node (`$1`).
+pub const LOST_ATTEMPTS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status = 'running' AND (
+        (jobs.node = $1 AND $2::boolean)
+        OR (jobs.node IS DISTINCT FROM $1 AND NOT EXISTS (
+            SELECT 1 FROM nodes WHERE nodes.id = jobs.node
+            AND nodes.heartbeat_at >= ",
+    database_now!(),
+    " - $3::bigint)))
+     ORDER BY seq"
+);
+/// Forgets the nodes that lost their lease and run nothing, and with `$3` this node (`$1`).
+pub const FORGET_NODES: &str = concat!(
+    "DELETE FROM nodes WHERE (id = $1 AND $3::boolean)
+        OR (id <> $1 AND heartbeat_at < ",
+    database_now!(),
+    " - $2::bigint AND NOT EXISTS (
+            SELECT 1 FROM jobs WHERE jobs.node = nodes.id AND jobs.status = 'running'))"
+);
+pub const RUNNING_HERE: &str = "SELECT id, attempt, cancel_requested FROM jobs
+     WHERE node = $1 AND status = 'running'";
+/// A real read of the jobs table.
+pub const PING: &str = "SELECT count(*) FROM (SELECT 1 FROM jobs LIMIT 1) AS one";

@@ -1,0 +1,808 @@
+//! The PostgreSQL backend against a real server: run only when `TEST_POSTGRES_URL` names one
+//! (`postgres://root@127.0.0.1/test`). Each test works in a fresh schema of its own, dropped
+//! at the end, so tests run in parallel and leave nothing behind.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+use postgres::{Client, NoTls};
+use serde_json::json;
+
+use super::*;
+use crate::job::AttemptStatus;
+
+/// A schema of its own for one test; dropped (with everything in it) when the test ends.
+struct TestSchema {
+    base: String,
+    name: String,
+}
+
+impl TestSchema {
+    /// `None`, saying so, when no server is configured.
+    fn new(test: &str) -> Option<TestSchema> {
+        let Ok(base) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("skipped: TEST_POSTGRES_URL not set");
+            return None;
+        };
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "mlr_{test}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let schema = TestSchema { base, name };
+        schema
+            .client()
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.name))
+            .unwrap();
+        Some(schema)
+    }
+
+    /// The connection string with this schema as the search path.
+    fn url(&self) -> String {
+        let separator = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{separator}options=-csearch_path%3D{}",
+            self.base, self.name
+        )
+    }
+
+    fn open(&self, node: &str) -> PostgresStore {
+        self.open_with(node, 0)
+    }
+
+    fn open_with(&self, node: &str, max_pending_jobs: u64) -> PostgresStore {
+        let options = Options {
+            sync: SyncMode::EveryCommit,
+            max_pending_jobs,
+            node: node.into(),
+            pool_size: 4,
+        };
+        PostgresStore::open(&self.url(), &options).unwrap()
+    }
+
+    /// A plain connection in this schema, to look at or arrange rows directly.
+    fn client(&self) -> Client {
+        Client::connect(&self.url(), NoTls).unwrap()
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = Client::connect(&self.base, NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
+    NewJob {
+        payload: json!({"n": priority}),
+        timeout_seconds: 5,
+        max_retries: 1,
+        priority,
+        run_at: run_at.map(Timestamp::from_micros),
+        function: None,
+    }
+}
+
+fn at(micros: i64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+
+fn claimed_id(store: &PostgresStore, now: i64) -> Option<String> {
+    store.claim_next_due(at(now)).unwrap().map(|job| job.id)
+}
+
+#[test]
+fn claims_take_the_highest_priority_then_the_oldest_due_job() {
+    let Some(db) = TestSchema::new("claim_order") else {
+        return;
+    };
+    let store = db.open("n1");
+    for (id, priority, run_at) in [
+        ("low-old", 0, 10),
+        ("high-new", 5, 30),
+        ("high-old", 5, 20),
+        ("high-future", 9, 1_000),
+        ("low-new", 0, 40),
+    ] {
+        store
+            .insert(id.into(), &new_job(priority, Some(run_at)), at(1))
+            .unwrap();
+    }
+    let order: Vec<_> = std::iter::from_fn(|| claimed_id(&store, 100)).collect();
+    assert_eq!(order, ["high-old", "high-new", "low-old", "low-new"]);
+    assert_eq!(store.next_due_at().unwrap(), Some(at(1_000)));
+    let job = store.claim_next_due(at(1_000)).unwrap().unwrap();
+    assert_eq!(
+        (
+            job.id.as_str(),
+            job.status,
+            job.attempt,
+            job.node.as_deref()
+        ),
+        ("high-future", JobStatus::Running, Some(1), Some("n1"))
+    );
+    assert_eq!(job.started_at, Some(at(1_000)));
+    assert_eq!(store.next_due_at().unwrap(), None);
+}
+
+#[test]
+fn concurrent_claims_on_two_nodes_take_each_job_exactly_once() {
+    let Some(db) = TestSchema::new("skip_locked") else {
+        return;
+    };
+    let nodes = [Arc::new(db.open("n1")), Arc::new(db.open("n2"))];
+    const THREADS: usize = 8;
+    const JOBS_PER_THREAD: usize = 200;
+    for n in 0..THREADS * JOBS_PER_THREAD {
+        nodes[0]
+            .insert(format!("job-{n}"), &new_job((n % 10) as u8, None), at(1))
+            .unwrap();
+    }
+    let start = Arc::new(Barrier::new(THREADS));
+    let claimers: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let store = Arc::clone(&nodes[thread % 2]);
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                let mut mine = Vec::new();
+                while let Some(job) = store.claim_next_due(at(2)).unwrap() {
+                    mine.push(job.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for claimer in claimers {
+        for id in claimer.join().unwrap() {
+            total += 1;
+            assert!(seen.insert(id.clone()), "{id} was claimed twice");
+        }
+    }
+    assert_eq!(total, THREADS * JOBS_PER_THREAD);
+    let attempts: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM attempts WHERE attempt = 1 AND status = 'running'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, (THREADS * JOBS_PER_THREAD) as i64);
+}
+
+#[test]
+fn an_outcome_lands_only_on_its_own_attempt() {
+    let Some(db) = TestSchema::new("own_attempt") else {
+        return;
+    };
+    let store = db.open("n1");
+    store.insert("a".into(), &new_job(0, None), at(1)).unwrap();
+    let first = store.claim_next_due(at(10)).unwrap().unwrap();
+    let retry = AttemptEnd::Failed {
+        error: "boom".into(),
+        retry_at: Some(at(20)),
+    };
+    let details = AttemptDetails {
+        exit_code: Some(3),
+        stderr_tail: Some("bad\0byte".into()),
+    };
+    assert!(store
+        .finish_attempt(&first, &retry, &details, at(2_010))
+        .unwrap());
+    let pending = store.get("a").unwrap().unwrap();
+    assert_eq!(
+        (
+            pending.status,
+            pending.retry_count,
+            pending.run_at,
+            pending.node
+        ),
+        (JobStatus::Pending, 1, at(20), None)
+    );
+    let second = store.claim_next_due(at(30)).unwrap().unwrap();
+    assert_eq!(second.attempt, Some(2));
+    // The first attempt's outcome, delivered again (a recovery elsewhere, say): dropped.
+    let late = AttemptEnd::Succeeded {
+        result: json!("late"),
+    };
+    assert!(!store
+        .finish_attempt(&first, &late, &AttemptDetails::default(), at(35))
+        .unwrap());
+    let done = AttemptEnd::Succeeded {
+        result: serde_json::from_str(r#"{"z":1,"a":12345678901234567890123}"#).unwrap(),
+    };
+    let next = store
+        .finish_and_claim_next(&second, &done, &AttemptDetails::default(), at(40))
+        .unwrap();
+    assert!(next.recorded && next.next.is_none() && next.next_due.is_none());
+    let job = store.get("a").unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Success);
+    assert_eq!(
+        serde_json::to_string(&job.result).unwrap(),
+        r#"{"z":1,"a":12345678901234567890123}"#
+    );
+    let attempts = store.attempts("a").unwrap().unwrap();
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.status, a.duration_ms, a.node.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, AttemptStatus::Failed, Some(2), Some("n1")),
+            (2, AttemptStatus::Success, Some(0), Some("n1"))
+        ]
+    );
+    assert_eq!(attempts[0].exit_code, Some(3));
+    assert_eq!(attempts[0].stderr_tail.as_deref(), Some("bad\u{FFFD}byte"));
+    assert_eq!(attempts[0].error_message.as_deref(), Some("boom"));
+    assert_eq!(store.attempts("nope").unwrap().map(|a| a.len()), None);
+    store.insert("b".into(), &new_job(0, None), at(1)).unwrap();
+    assert_eq!(store.attempts("b").unwrap().map(|a| a.len()), Some(0));
+}
+
+#[test]
+fn a_payload_comes_back_byte_for_byte() {
+    let Some(db) = TestSchema::new("payload") else {
+        return;
+    };
+    let store = db.open("n1");
+    let text =
+        r#"{"zeta":1.50,"alpha":[1e3,-0.0],"big":123456789012345678901234567890,"s":"\u0000é"}"#;
+    let mut job = new_job(0, None);
+    job.payload = serde_json::from_str(text).unwrap();
+    store.insert("p".into(), &job, at(1)).unwrap();
+    let stored = store.get("p").unwrap().unwrap();
+    assert_eq!(
+        serde_json::to_string(&stored.payload).unwrap(),
+        serde_json::to_string(&job.payload).unwrap()
+    );
+    assert!(store.get("p\0").unwrap().is_none());
+}
+
+#[test]
+fn cancel_delete_and_retry_say_what_they_refuse() {
+    let Some(db) = TestSchema::new("cancel") else {
+        return;
+    };
+    let store = db.open("n1");
+    store
+        .insert("waiting".into(), &new_job(0, Some(1_000)), at(1))
+        .unwrap();
+    store
+        .insert("busy".into(), &new_job(9, None), at(1))
+        .unwrap();
+    let busy = store.claim_next_due(at(2)).unwrap().unwrap();
+    match store.cancel("waiting", at(3)).unwrap() {
+        Cancel::Cancelled(job) => {
+            assert_eq!(job.status, JobStatus::Cancelled);
+            assert_eq!(job.error_message.as_deref(), Some("cancelled by request"));
+            assert_eq!(job.finished_at, Some(at(3)));
+        }
+        Cancel::Running(job) => panic!("a pending job is cancelled at once: {job:?}"),
+    }
+    assert!(store.claim_next_due(at(5_000)).unwrap().is_none());
+    assert!(!store.running_here().unwrap()[0].cancel_requested);
+    match store.cancel("busy", at(4)).unwrap() {
+        Cancel::Running(job) => assert_eq!(job.status, JobStatus::Running),
+        Cancel::Cancelled(job) => panic!("a running job is left to its worker: {job:?}"),
+    }
+    assert_eq!(
+        store.running_here().unwrap(),
+        [RunningHere {
+            job_id: "busy".into(),
+            attempt: 1,
+            cancel_requested: true
+        }]
+    );
+    let message = |result: Result<_>| match result {
+        Err(Error::InvalidState(message) | Error::NotFound(message)) => message,
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("not refused"),
+    };
+    assert_eq!(
+        message(store.cancel("waiting", at(5)).map(|_| ())),
+        "job waiting is cancelled; only pending or running jobs can be cancelled"
+    );
+    assert_eq!(
+        message(store.cancel("nope", at(5)).map(|_| ())),
+        "no job with id nope"
+    );
+    assert_eq!(
+        message(store.retry("busy", at(5)).map(|_| ())),
+        "job busy is running; only failed, timeout or cancelled jobs can be retried"
+    );
+    assert_eq!(
+        message(store.retry("nope", at(5)).map(|_| ())),
+        "no job with id nope"
+    );
+
+    // A manual retry starts over with the full budget; its next attempt is numbered on.
+    let cancelled = AttemptEnd::Cancelled {
+        reason: "by request".into(),
+    };
+    assert!(store
+        .finish_attempt(&busy, &cancelled, &AttemptDetails::default(), at(6))
+        .unwrap());
+    let restarted = store.retry("busy", at(7)).unwrap();
+    assert_eq!(
+        (
+            restarted.status,
+            restarted.retry_count,
+            restarted.run_at,
+            restarted.finished_at
+        ),
+        (JobStatus::Pending, 0, at(7), None)
+    );
+    let again = store.claim_next_due(at(8)).unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), ("busy", Some(2)));
+    assert!(store
+        .running_here()
+        .unwrap()
+        .iter()
+        .all(|here| !here.cancel_requested));
+
+    // Delete returns the job as it was and takes its attempts along.
+    let deleted = store.delete("busy").unwrap().unwrap();
+    assert_eq!(deleted.status, JobStatus::Running);
+    assert!(store.delete("busy").unwrap().is_none());
+    assert!(store.get("busy").unwrap().is_none());
+    let attempts_left: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM attempts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts_left, 0);
+    assert!(!store
+        .finish_attempt(&again, &cancelled, &AttemptDetails::default(), at(9))
+        .unwrap());
+}
+
+#[test]
+fn list_pages_newest_first_and_refuses_an_unknown_cursor() {
+    let Some(db) = TestSchema::new("list") else {
+        return;
+    };
+    let store = db.open("n1");
+    for id in ["a", "b", "c", "d"] {
+        store.insert(id.into(), &new_job(0, None), at(1)).unwrap();
+    }
+    store.claim_next_due(at(2)).unwrap().unwrap();
+    let ids = |page: &Page| {
+        page.jobs
+            .iter()
+            .map(|job| job.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = store.list(None, None, 2).unwrap();
+    assert_eq!(
+        (ids(&first), first.has_more),
+        (vec!["d".into(), "c".into()], true)
+    );
+    let rest = store.list(None, Some("c"), 2).unwrap();
+    assert_eq!(
+        (ids(&rest), rest.has_more),
+        (vec!["b".into(), "a".into()], false)
+    );
+    let pending = store.list(Some(JobStatus::Pending), Some("d"), 10).unwrap();
+    assert_eq!(ids(&pending), ["c", "b"]);
+    for unknown in ["zzz", "z\0"] {
+        match store.list(None, Some(unknown), 2) {
+            Err(Error::Validation(message)) => assert_eq!(
+                message,
+                format!("before must be the id of an existing job; no job has id {unknown:?}")
+            ),
+            other => panic!(
+                "expected a validation error, got {:?}",
+                other.map(|p| p.jobs.len())
+            ),
+        }
+    }
+}
+
+#[test]
+fn attempts_of_an_expired_node_are_lost_and_the_node_forgotten_once_idle() {
+    let Some(db) = TestSchema::new("lease") else {
+        return;
+    };
+    let lease = Duration::from_secs(30);
+    let here = db.open("here");
+    let ghost = db.open("ghost");
+    for id in ["mine", "ghosts", "orphan"] {
+        here.insert(id.into(), &new_job(0, None), at(1)).unwrap();
+    }
+    // Heartbeats carry the database's clock, whatever the node's says.
+    here.heartbeat(at(0)).unwrap();
+    ghost.heartbeat(at(0)).unwrap();
+    assert_eq!(claimed_id(&here, 2).as_deref(), Some("mine"));
+    assert_eq!(claimed_id(&ghost, 2).as_deref(), Some("ghosts"));
+    assert_eq!(claimed_id(&ghost, 2).as_deref(), Some("orphan"));
+    let mut client = db.client();
+    // A node with no row at all has lost its lease too.
+    client
+        .execute("UPDATE jobs SET node = 'vanished' WHERE id = 'orphan'", &[])
+        .unwrap();
+    let lost = |include_own| {
+        let mut ids: Vec<_> = here
+            .lost_attempts(Timestamp::now(), lease, include_own)
+            .unwrap()
+            .into_iter()
+            .map(|job| (job.id, job.attempt, job.node))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let orphan = ("orphan".to_string(), Some(1), Some("vanished".to_string()));
+    assert_eq!(lost(false), std::slice::from_ref(&orphan));
+    client
+        .execute(
+            "UPDATE nodes SET heartbeat_at = heartbeat_at - 3600000000 WHERE id = 'ghost'",
+            &[],
+        )
+        .unwrap();
+    let ghosts = ("ghosts".to_string(), Some(1), Some("ghost".to_string()));
+    assert_eq!(lost(false), [ghosts.clone(), orphan.clone()]);
+    let mine = ("mine".to_string(), Some(1), Some("here".to_string()));
+    assert_eq!(lost(true), [ghosts, mine, orphan]);
+
+    let nodes = |client: &mut Client| {
+        let rows = client
+            .query("SELECT id FROM nodes ORDER BY id", &[])
+            .unwrap();
+        rows.iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    // The ghost still runs a job: kept until that attempt is recovered.
+    here.forget_nodes(Timestamp::now(), lease, false).unwrap();
+    assert_eq!(nodes(&mut client), ["ghost", "here"]);
+    let job = here.get("ghosts").unwrap().unwrap();
+    let recovered = AttemptEnd::Failed {
+        error: "interrupted".into(),
+        retry_at: None,
+    };
+    assert!(here
+        .finish_attempt(
+            &job,
+            &recovered,
+            &AttemptDetails::default(),
+            Timestamp::now()
+        )
+        .unwrap());
+    here.forget_nodes(Timestamp::now(), lease, false).unwrap();
+    assert_eq!(nodes(&mut client), ["here"]);
+    here.forget_nodes(Timestamp::now(), lease, true).unwrap();
+    assert!(nodes(&mut client).is_empty());
+}
+
+#[test]
+fn migrations_run_once_however_many_nodes_open_the_schema() {
+    let Some(db) = TestSchema::new("migrate") else {
+        return;
+    };
+    let db = Arc::new(db);
+    let openers: Vec<_> = (0..4)
+        .map(|n| {
+            let db = Arc::clone(&db);
+            thread::spawn(move || drop(db.open(&format!("n{n}"))))
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap();
+    }
+    let store = db.open("n1");
+    store
+        .insert("kept".into(), &new_job(3, Some(7)), at(5))
+        .unwrap();
+    drop(store);
+    let reopened = db.open("n1");
+    assert_eq!(reopened.get("kept").unwrap().unwrap().priority, 3);
+    let versions: Vec<i32> = db
+        .client()
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=schema::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
+
+    // A schema migrated by a newer build is refused.
+    db.client()
+        .execute("INSERT INTO schema_migrations (version) VALUES (999)", &[])
+        .unwrap();
+    let options = Options {
+        sync: SyncMode::Deferred,
+        max_pending_jobs: 0,
+        node: "n1".into(),
+        pool_size: 1,
+    };
+    match PostgresStore::open(&db.url(), &options) {
+        Err(Error::Startup(message)) => assert!(message.contains("newer"), "{message}"),
+        Err(other) => panic!("expected a startup error, got {other:?}"),
+        Ok(_) => panic!("opened a schema from a newer build"),
+    }
+}
+
+#[test]
+fn an_insert_on_another_node_wakes_a_listening_one() {
+    let Some(db) = TestSchema::new("listen") else {
+        return;
+    };
+    let listening = db.open("n1");
+    let (woken, wakes) = unbounded();
+    listening
+        .watch_other_nodes(Box::new(move || {
+            let _ = woken.send(());
+        }))
+        .unwrap();
+    // The first call comes once LISTEN is in place: anything queued before is looked for.
+    wakes.recv_timeout(Duration::from_secs(10)).unwrap();
+    while wakes.try_recv().is_ok() {}
+    let other = db.open("n2");
+    let sent = Instant::now();
+    other.insert("x".into(), &new_job(0, None), at(1)).unwrap();
+    wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_millis(900),
+        "woken by a poll, not a notification"
+    );
+
+    // A retry scheduled by an outcome wakes it too.
+    let job = other.claim_next_due(at(2)).unwrap().unwrap();
+    while wakes.try_recv().is_ok() {}
+    let retry = AttemptEnd::Failed {
+        error: "boom".into(),
+        retry_at: Some(at(3)),
+    };
+    other
+        .finish_attempt(&job, &retry, &AttemptDetails::default(), at(3))
+        .unwrap();
+    wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    drop(listening);
+}
+
+#[test]
+fn the_pending_limit_holds_across_nodes() {
+    let Some(db) = TestSchema::new("limit") else {
+        return;
+    };
+    const LIMIT: u64 = 5;
+    let nodes = [
+        Arc::new(db.open_with("n1", LIMIT)),
+        Arc::new(db.open_with("n2", LIMIT)),
+    ];
+    let start = Arc::new(Barrier::new(8));
+    let submitters: Vec<_> = (0..8)
+        .map(|thread| {
+            let store = Arc::clone(&nodes[thread % 2]);
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                let mut accepted = 0;
+                for n in 0..10 {
+                    match store.insert(format!("{thread}-{n}"), &new_job(0, None), at(1)) {
+                        Ok(()) => accepted += 1,
+                        Err(Error::QueueFull { limit: LIMIT }) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let accepted: u64 = submitters.into_iter().map(|s| s.join().unwrap()).sum();
+    assert_eq!(accepted, LIMIT);
+    // A claimed job is no longer pending, so there is room for one more.
+    nodes[1].claim_next_due(at(2)).unwrap().unwrap();
+    nodes[0]
+        .insert("late".into(), &new_job(0, None), at(3))
+        .unwrap();
+    assert!(matches!(
+        nodes[1].insert("too-late".into(), &new_job(0, None), at(3)),
+        Err(Error::QueueFull { limit: LIMIT })
+    ));
+}
+
+#[test]
+fn a_server_that_cannot_be_reached_is_an_outage_and_bad_credentials_are_not() {
+    let Some(db) = TestSchema::new("errors") else {
+        return;
+    };
+    let options = Options {
+        sync: SyncMode::EveryCommit,
+        max_pending_jobs: 0,
+        node: "n1".into(),
+        pool_size: 1,
+    };
+    // Port 9 (discard) on loopback: nothing listens.
+    match PostgresStore::open(
+        "postgres://root@127.0.0.1:9/test?connect_timeout=2",
+        &options,
+    ) {
+        Err(Error::Storage { kind, detail }) => {
+            assert_eq!(kind, StorageFailure::CannotOpen, "{detail}");
+            assert!(kind.is_outage());
+        }
+        Err(other) => panic!("expected a storage error, got {other:?}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+    let missing = db.base.replacen("/test", "/no_such_database_mlr", 1);
+    match PostgresStore::open(&missing, &options) {
+        Err(Error::DatabaseUnusable(message)) => {
+            assert!(message.contains("no_such_database_mlr"), "{message}")
+        }
+        Err(other) => panic!("expected DatabaseUnusable, got {other:?}"),
+        Ok(_) => panic!("opened a database that does not exist"),
+    }
+    assert!(matches!(
+        PostgresStore::open("postgres://[bad", &options),
+        Err(Error::Config { .. })
+    ));
+    let store = db.open("n1");
+    store.ping().unwrap();
+    store.writes_ok().unwrap();
+}
+
+#[test]
+fn a_dead_connection_is_replaced() {
+    let Some(db) = TestSchema::new("reconnect") else {
+        return;
+    };
+    let options = Options {
+        sync: SyncMode::EveryCommit,
+        max_pending_jobs: 0,
+        node: "n1".into(),
+        pool_size: 1,
+    };
+    let name = format!("{}_app", db.name);
+    let url = format!("{}&application_name={name}", db.url());
+    let store = PostgresStore::open(&url, &options).unwrap();
+    store.insert("a".into(), &new_job(0, None), at(1)).unwrap();
+    // Ends this store's one pooled connection, as a server restart would.
+    let ended = db
+        .client()
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .unwrap();
+    assert_eq!(ended, 1);
+    // A read is tried again on a new connection; the pool then serves on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db
+        .client()
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the terminated backend lingers");
+    }
+    assert!(store.get("a").unwrap().is_some());
+    store.insert("b".into(), &new_job(0, None), at(1)).unwrap();
+}
+
+#[test]
+fn hot_statements_use_their_indexes() {
+    let Some(db) = TestSchema::new("plans") else {
+        return;
+    };
+    let store = db.open("n1");
+    let mut client = db.client();
+    // A database that has run a while: mostly ended jobs, each with an attempt, some waiting
+    // far in the future, a few running.
+    client
+        .batch_execute(
+            "INSERT INTO jobs (id, payload, status, priority, run_at, created_at, max_retries,
+                               timeout_seconds, attempt, node)
+             SELECT 'j' || n, '{}',
+                    CASE WHEN n % 100 = 0 THEN 'pending' WHEN n % 250 = 1 THEN 'running'
+                         ELSE 'success' END,
+                    n % 10, CASE WHEN n % 100 = 0 THEN 1000000 + n ELSE n END, n, 1, 5, 1,
+                    CASE WHEN n % 250 = 1 THEN 'n' || (n % 7) END
+             FROM generate_series(1, 20000) AS n;
+             INSERT INTO attempts (job_seq, attempt, status, started_at, node)
+             SELECT seq, 1, status, 0, node FROM jobs;
+             ANALYZE",
+        )
+        .unwrap();
+    store.claim_next_due(at(2_000_000)).unwrap().unwrap();
+    let cases: [(&str, &str); 10] = [
+        (claim_next_due(), "100, 'n1'"),
+        (NEXT_DUE_AT, ""),
+        (
+            FINISH_ATTEMPT,
+            "1, 1, 'failed', 5, NULL, 'x', NULL, NULL, 'pending', 7",
+        ),
+        (SELECT_BY_ID, "'j3'"),
+        (LIST_BY_STATUS, "'pending', 40, 11"),
+        (DELETE_JOB, "'j4'"),
+        (ATTEMPTS_OF_JOB, "'j1'"),
+        (RUNNING_HERE, "'n1'"),
+        (LOST_ATTEMPTS, "'n1', false, 30000000"),
+        (COUNT_PENDING_UP_TO, "1000"),
+    ];
+    for (n, (sql, args)) in cases.iter().enumerate() {
+        client
+            .batch_execute(&format!("BEGIN; PREPARE plan{n} AS {sql}"))
+            .unwrap();
+        let execute = match args.is_empty() {
+            true => format!("EXPLAIN EXECUTE plan{n}"),
+            false => format!("EXPLAIN EXECUTE plan{n}({args})"),
+        };
+        let plan: Vec<String> = client
+            .query(&execute, &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        client.batch_execute("ROLLBACK").unwrap();
+        let shown = plan.join("\n");
+        // `nodes` has a row per node: read whole, as it should be.
+        for table in ["jobs", "attempts"] {
+            assert!(
+                !shown.contains(&format!("Seq Scan on {table}")),
+                "{sql}\n{shown}"
+            );
+        }
+        // An index scan without a condition reads the whole index.
+        for (line, next) in plan.iter().zip(plan.iter().skip(1)) {
+            if line.contains("Index Scan") || line.contains("Index Only Scan") {
+                assert!(next.contains("Index Cond"), "{sql}\n{shown}");
+            }
+        }
+        // A job's few attempts may be sorted; nothing else is.
+        if *sql != ATTEMPTS_OF_JOB {
+            assert!(!shown.contains("Sort"), "{sql}\n{shown}");
+        }
+    }
+}
+
+#[test]
+fn without_listen_the_watcher_polls_every_second() {
+    let Some(_db) = TestSchema::new("poll") else {
+        return;
+    };
+    // Nothing listens on port 9: LISTEN cannot start, so the watcher polls.
+    let config: postgres::Config = "postgres://root@127.0.0.1:9/test?connect_timeout=1"
+        .parse()
+        .unwrap();
+    let (woken, wakes) = unbounded();
+    let watcher = Watcher::start(
+        config,
+        "public".into(),
+        Box::new(move || {
+            let _ = woken.send(Instant::now());
+        }),
+    )
+    .unwrap();
+    let first = wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    let second = wakes.recv_timeout(Duration::from_secs(5)).unwrap();
+    let gap = second - first;
+    assert!(
+        gap >= Duration::from_millis(900) && gap < Duration::from_millis(2_000),
+        "{gap:?}"
+    );
+    drop(watcher);
+    // Stopped: no more calls once the drop has returned.
+    while wakes.try_recv().is_ok() {}
+    assert!(wakes.recv_timeout(Duration::from_millis(1_500)).is_err());
+}
