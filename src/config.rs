@@ -40,7 +40,7 @@ pub const VARIABLES: [Variable; 23] = [
     Variable {
         name: "DATABASE_POOL_SIZE",
         default: "16",
-        meaning: "connections to PostgreSQL per node (1 to 1000; SQLite uses two)",
+        meaning: "pooled connections to PostgreSQL per node, plus two for notifications (1 to 1000)",
     },
     Variable {
         name: "WORKER_COUNT",

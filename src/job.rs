@@ -106,6 +106,9 @@ pub struct Job {
     /// The node running the job's current attempt, while it runs (internal).
     #[serde(skip)]
     pub node: Option<String>,
+    /// A cancel of the running attempt was requested, for its node to act on (internal).
+    #[serde(skip)]
+    pub cancel_requested: bool,
     /// The row's key in the store (internal).
     #[serde(skip)]
     pub seq: i64,
@@ -145,6 +148,7 @@ impl Job {
             function: None,
             attempt: None,
             node: None,
+            cancel_requested: false,
             seq: 0,
         }
     }

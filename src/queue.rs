@@ -163,7 +163,7 @@ impl Queue {
     /// any other node, whose lease keeper stops it there.
     fn stop_attempt(&self, job: &Job) {
         if job.node.as_deref() == Some(self.node.as_str()) {
-            self.running.cancel(&job.id, job.attempt_number());
+            self.running.cancel(job);
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::{Options, Store, SyncMode};
-use crate::worker::{Drain, LeaseKeeper, WorkerPool};
+use crate::worker::{Drain, LeaseKeeper, Waker, WorkerPool};
 
 /// How long the end of shutdown waits for requests already received to be answered.
 const HTTP_STOP_PATIENCE: Duration = Duration::from_secs(5);
@@ -75,36 +75,39 @@ pub fn run(
     } else {
         Drain::DueJobs
     };
-    let (mut pool, waker) = WorkerPool::start(
+    let defaults = JobDefaults {
+        timeout_seconds: config.default_timeout_seconds,
+        max_retries: config.default_max_retries,
+    };
+    let (waker, wakeups) = Waker::for_workers(config.worker_count);
+    let queue = Queue::new(
+        Arc::clone(&store),
+        waker.clone(),
+        Arc::clone(&running),
+        functions.clone(),
+        defaults,
+        config.node_id.clone(),
+    );
+    // The port first: a node that cannot serve (the address is taken) must not have claimed
+    // jobs from a queue other nodes share.
+    let server = HttpServer::start(&config, queue, functions)?;
+    let mut pool = WorkerPool::start(
         config.worker_count,
         Arc::clone(&store),
         retry,
         Arc::clone(&running),
         runner,
         drain,
+        (waker.clone(), wakeups),
     )?;
-    let defaults = JobDefaults {
-        timeout_seconds: config.default_timeout_seconds,
-        max_retries: config.default_max_retries,
-    };
     let lease = LeaseKeeper::start(
         Arc::clone(&store),
-        Arc::clone(&running),
+        running,
         retry,
         waker.clone(),
         config.lease,
     )?;
-    let woken_by_others = waker.clone();
-    store.watch_other_nodes(Box::new(move || woken_by_others.wake_one()))?;
-    let queue = Queue::new(
-        store,
-        waker,
-        running,
-        functions.clone(),
-        defaults,
-        config.node_id.clone(),
-    );
-    let server = HttpServer::start(&config, queue, functions)?;
+    store.watch_other_nodes(Box::new(move || waker.wake_one()))?;
     info!(
         "listening on http://{} with {} workers, database {}, node {}",
         server.local_addr(),

@@ -391,10 +391,12 @@ pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound(format!("no job with id {id}"))
 }
 
-/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`, and a `password=`
+/// parameter (in the query, or a `key=value` string) as `password=***`.
 fn redact_password(url: &str) -> String {
+    let url = redact_password_parameter(url);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return url;
     };
     let (authority, tail) = match rest.find('/') {
         Some(slash) => rest.split_at(slash),
@@ -403,10 +405,26 @@ fn redact_password(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((credentials, host)) => match credentials.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            None => url.clone(),
         },
-        None => url.to_string(),
+        None => url.clone(),
     }
+}
+
+fn redact_password_parameter(url: &str) -> String {
+    let mut redacted = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(found) = rest.to_ascii_lowercase().find("password=") {
+        let value_start = found + "password=".len();
+        redacted.push_str(&rest[..value_start]);
+        redacted.push_str("***");
+        let value_end = rest[value_start..]
+            .find(['&', ' '])
+            .map_or(rest.len(), |end| value_start + end);
+        rest = &rest[value_end..];
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 #[cfg(test)]
@@ -551,6 +569,14 @@ mod tests {
             ("postgres://app@db/jobs", "postgres://app@db/jobs"),
             ("postgres://db/jobs", "postgres://db/jobs"),
             ("host=db user=app", "host=db user=app"),
+            (
+                "postgres://app@db/jobs?password=s3cret&sslmode=disable",
+                "postgres://app@db/jobs?password=***&sslmode=disable",
+            ),
+            (
+                "host=db password=s3cret user=app",
+                "host=db password=*** user=app",
+            ),
         ];
         for (url, shown) in cases {
             assert_eq!(Location::Postgres(url.into()).describe(), shown);

@@ -100,13 +100,22 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
     // other nodes share.
     let stopped =
         |signal: &Receiver<()>| matches!(signal.try_recv(), Err(TryRecvError::Disconnected));
-    let claims_nothing = stopped(&context.abort)
-        || (context.drain_mode == Drain::RunningOnly && stopped(&context.drain));
+    let aborting = stopped(&context.abort);
+    let claims_nothing =
+        aborting || (context.drain_mode == Drain::RunningOnly && stopped(&context.drain));
     let (recorded, after) = if claims_nothing || matches!(end, AttemptEnd::Released { .. }) {
-        (
-            context.store.finish_attempt(&job, &end, &details, now),
-            AfterAttempt::default(),
-        )
+        let recorded = match context.store.finish_attempt(&job, &end, &details, now) {
+            // A drain still has time to record it; an abort puts the job back either way.
+            Err(err) if !aborting => {
+                error!(
+                    "job {}: cannot record its outcome ({err}); trying again",
+                    job.id
+                );
+                record_again(context, &job, &end, &details)
+            }
+            recorded => recorded,
+        };
+        (recorded, AfterAttempt::default())
     } else {
         match context
             .store

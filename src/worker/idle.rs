@@ -50,6 +50,9 @@ impl Sleepers {
     }
 }
 
+/// The receiving end of the wake channel, for the pool's workers.
+pub struct Wakeups(pub(super) Receiver<()>);
+
 /// Tells idle workers that a job may have become due. Cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Waker {
@@ -58,15 +61,17 @@ pub struct Waker {
 }
 
 impl Waker {
-    /// The waker of a pool of `count` workers, and the wake channel they all receive on.
-    pub(super) fn for_workers(count: usize) -> (Waker, Receiver<()>) {
+    /// The waker of a pool of `count` workers, and the wake-ups they will all receive, for
+    /// `WorkerPool::start`. Made before the pool, so that HTTP can hold the waker (and bind
+    /// its port) before any worker claims a job.
+    pub fn for_workers(count: usize) -> (Waker, Wakeups) {
         let (wake_sender, wake) = bounded(count);
         let sleepers = Sleepers((0..count).map(|_| AtomicI64::new(AWAKE)).collect());
         let waker = Waker {
             sender: wake_sender,
             sleepers: Arc::new(sleepers),
         };
-        (waker, wake)
+        (waker, Wakeups(wake))
     }
 
     /// Called after a job due at `run_at` is committed.
@@ -113,7 +118,10 @@ pub(super) fn find_work(
     if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
         return Next::Stop;
     }
-    if *draining && context.drain_mode == Drain::RunningOnly {
+    // A worker busy when the drain began has not seen it yet: the signal says so directly.
+    if context.drain_mode == Drain::RunningOnly
+        && (*draining || matches!(context.drain.try_recv(), Err(TryRecvError::Disconnected)))
+    {
         return Next::Stop;
     }
     // A read first: most wake-ups (a job scheduled for later, a job another worker took)

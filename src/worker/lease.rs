@@ -17,7 +17,7 @@ use crossbeam_channel::{bounded, select, Sender};
 use log::{error, info, warn};
 
 use super::idle::Waker;
-use super::recovery::recover_lost;
+use super::recovery::{recover_lost, recover_orphan};
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
@@ -82,13 +82,13 @@ impl LeaseKeeper {
                 let heartbeat_interval = (lease / 3).max(Duration::from_millis(200));
                 let tick = STOP_CHECK_INTERVAL.min(heartbeat_interval);
                 let mut next_heartbeat = Instant::now() + heartbeat_interval;
-                let mut cancelled = HashSet::new();
+                let mut seen = Seen::default();
                 loop {
                     select! {
                         recv(stopped) -> _ => return,
                         default(tick) => {}
                     }
-                    keeper.stop_what_no_longer_runs_here(&mut cancelled);
+                    keeper.check_attempts_here(&mut seen);
                     if Instant::now() >= next_heartbeat {
                         next_heartbeat = Instant::now() + heartbeat_interval;
                         keeper.renew();
@@ -148,13 +148,14 @@ impl Keeper {
 
     /// Stops each attempt registered here that the database no longer has running here
     /// (deleted, or recovered by another node) or that has a cancel recorded. `cancelled`
-    /// remembers what was stopped already, so each is stopped once.
-    fn stop_what_no_longer_runs_here(&self, cancelled: &mut HashSet<(String, u32)>) {
+    /// remembers what was stopped already, so each is stopped once. And the other way round:
+    /// an attempt the database has running here that no worker runs (its claim committed but
+    /// the answer was lost) is recovered once two checks in a row have seen it so.
+    fn check_attempts_here(&self, seen: &mut Seen) {
         let registered = self.running.registered();
-        cancelled.retain(|key| registered.contains(key));
-        if registered.is_empty() {
-            return;
-        }
+        seen.cancelled.retain(|key| registered.contains(key));
+        // Read after `registered`: an attempt claimed in between is in the database but not
+        // yet registered, which is why an orphan needs two sightings.
         let here = match self.store.running_here() {
             Ok(here) => here,
             Err(err) => {
@@ -162,9 +163,8 @@ impl Keeper {
                 return;
             }
         };
-        for (job_id, attempt) in registered {
-            let key = (job_id, attempt);
-            if cancelled.contains(&key) {
+        for key in &registered {
+            if seen.cancelled.contains(key) {
                 continue;
             }
             let in_database = here
@@ -175,9 +175,29 @@ impl Keeper {
                 Some(row) if row.cancel_requested => "it was cancelled",
                 Some(_) => continue,
             };
-            info!("job {}: stopping attempt {}: {reason}", key.0, key.1);
-            self.running.cancel(&key.0, key.1);
-            cancelled.insert(key);
+            // It may have ended since `registered` was read: then there is nothing to stop.
+            if self.running.cancel_if_running(&key.0, key.1) {
+                info!("job {}: stopping attempt {}: {reason}", key.0, key.1);
+            }
+            seen.cancelled.insert(key.clone());
         }
+        let unregistered: HashSet<(String, u32)> = here
+            .into_iter()
+            .map(|row| (row.job_id, row.attempt))
+            .filter(|key| !registered.contains(key) && !self.running.registered().contains(key))
+            .collect();
+        for (job_id, attempt) in unregistered.intersection(&seen.unregistered) {
+            recover_orphan(&self.store, &self.retry, job_id, *attempt, &self.waker);
+        }
+        seen.unregistered = unregistered;
     }
+}
+
+/// What the attempt checks remember from one tick to the next.
+#[derive(Default)]
+struct Seen {
+    /// Attempts stopped already.
+    cancelled: HashSet<(String, u32)>,
+    /// Attempts the database had running here that no worker had registered.
+    unregistered: HashSet<(String, u32)>,
 }

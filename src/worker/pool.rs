@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use log::error;
 
 use super::attempt::{run_and_record, AfterAttempt, AttemptContext};
-use super::idle::{find_work, IdleContext, Next, Waker};
+use super::idle::{find_work, IdleContext, Next, Waker, Wakeups};
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::retry::RetryPolicy;
@@ -56,8 +56,8 @@ impl WorkerPool {
         running: Arc<RunningAttempts>,
         executor: Arc<dyn Executor>,
         drain: Drain,
-    ) -> Result<(WorkerPool, Waker)> {
-        let (waker, wake) = Waker::for_workers(count);
+        (waker, Wakeups(wake)): (Waker, Wakeups),
+    ) -> Result<WorkerPool> {
         let (drain_sender, drain_signal) = bounded(0);
         let (abort_sender, abort) = bounded(0);
         let (alive, exited) = bounded(0);
@@ -97,7 +97,7 @@ impl WorkerPool {
             abort: Some(abort_sender),
             exited,
         };
-        Ok((pool, waker))
+        Ok(pool)
     }
 
     /// From now on workers finish what is due and exit when nothing more is.
@@ -205,13 +205,15 @@ mod tests {
             store.insert(id.into(), &job, now).unwrap();
         }
         // One worker: if a panic ended it, the jobs after the first panic would never end.
-        let (mut pool, waker) = WorkerPool::start(
+        let (waker, wakeups) = Waker::for_workers(1);
+        let mut pool = WorkerPool::start(
             1,
             Arc::clone(&store),
             RETRY,
             Arc::new(RunningAttempts::default()),
             Arc::new(PanicsOnFirstAttempts),
             Drain::DueJobs,
+            (waker.clone(), wakeups),
         )
         .unwrap();
         waker.job_queued(now);

@@ -45,6 +45,9 @@ use statements::*;
 /// more passes it by at most the excess.
 const PENDING_MARGIN: i64 = 1024;
 
+/// How long sent data may stay unacknowledged by the database host before the connection
+/// fails (TCP_USER_TIMEOUT), when the connection string does not say.
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long connecting may take when the connection string does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,6 +81,11 @@ impl PostgresStore {
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A database that vanishes without closing the connection (a dead host, a dropped
+        // route) fails a statement within this long instead of blocking its thread forever.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(UNACKNOWLEDGED_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("mini-lambda-rust");

@@ -45,7 +45,7 @@ macro_rules! job_columns {
     () => {
         "id, payload, status, created_at, started_at, finished_at, retry_count, \
          max_retries, timeout_seconds, result, error_message, priority, run_at, function, seq, \
-         attempt, node"
+         attempt, node, cancel_requested"
     };
 }
 
@@ -119,10 +119,10 @@ const DELETE_ATTEMPTS: &str =
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_seq, attempt, status, started_at, node)
      SELECT ?1, coalesce(max(attempt), 0) + 1, 'running', ?2, ?3 FROM attempts WHERE job_seq = ?1
      RETURNING attempt";
-/// Ends attempt `?2` of the job, if it still runs.
+/// Ends attempt `?2` of the job, claimed at `?9`, if it still runs.
 const FINISH_ATTEMPT_ROW: &str = "UPDATE attempts SET status = ?3, finished_at = ?4, result = ?5,
         error_message = ?6, exit_code = ?7, stderr_tail = ?8
-     WHERE job_seq = ?1 AND attempt = ?2 AND status = 'running'";
+     WHERE job_seq = ?1 AND attempt = ?2 AND started_at = ?9 AND status = 'running'";
 const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, result,
         error_message, exit_code, stderr_tail, node
      FROM attempts WHERE job_seq = ?1 ORDER BY attempt";
@@ -133,10 +133,11 @@ const PROBE_WRITE: &str = "UPDATE write_probe SET probed_at = ?1 WHERE id = 1";
 const INSERT_JOB: &str = "INSERT INTO jobs
         (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function)
      VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8)";
-/// Ends the job's running attempt `?7` with the status `?2` its transition says: a retry
-/// (`?6` set) counts one more retry and is due at `?6`. An outcome lands only on the attempt it
-/// belongs to, never on a later attempt of the same job (the job was recovered elsewhere, or
-/// its claim was lost when a batch failed to commit).
+/// Ends the job's running attempt `?7`, claimed at `?8`, with the status `?2` its transition
+/// says: a retry (`?6` set) counts one more retry and is due at `?6`. An outcome lands only on
+/// the attempt it belongs to, never on a later attempt of the same job: the job was recovered
+/// elsewhere, or its claim was lost when a batch failed to commit after the claim was
+/// answered, and the next claim took the same number (the claim time tells them apart).
 const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         status = ?2,
         finished_at = ?3,
@@ -145,7 +146,7 @@ const FINISH_ATTEMPT: &str = "UPDATE jobs SET
         retry_count = retry_count + (?6 IS NOT NULL),
         run_at = coalesce(?6, run_at),
         node = NULL
-     WHERE seq = ?1 AND status = 'running' AND attempt IS ?7";
+     WHERE seq = ?1 AND status = 'running' AND attempt IS ?7 AND started_at IS ?8";
 
 pub struct SqliteStore {
     writes: GroupCommit,
@@ -589,6 +590,7 @@ struct Finish {
     /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
     seq: i64,
     attempt: Option<u32>,
+    started_at: Option<i64>,
     details: AttemptDetails,
     job_status: JobStatus,
     attempt_status: AttemptStatus,
@@ -615,6 +617,7 @@ impl Finish {
         Ok(Finish {
             seq: job.seq,
             attempt: job.attempt,
+            started_at: job.started_at.map(Timestamp::as_micros),
             details: details.clone(),
             job_status: transition.job_status,
             attempt_status: transition.attempt_status,
@@ -645,7 +648,8 @@ impl Finish {
             self.result,
             self.error,
             self.details.exit_code,
-            self.details.stderr_tail
+            self.details.stderr_tail,
+            self.started_at
         ])?;
         let changed = writer.prepare_cached(FINISH_ATTEMPT)?.execute(params![
             self.seq,
@@ -654,7 +658,8 @@ impl Finish {
             self.result,
             self.error,
             self.retry_at,
-            self.attempt
+            self.attempt,
+            self.started_at
         ])?;
         // A retry or a release puts the job back in the queue.
         if changed > 0 && self.job_status == JobStatus::Pending {

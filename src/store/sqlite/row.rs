@@ -27,6 +27,7 @@ pub struct RawJob {
     seq: i64,
     attempt: Option<u32>,
     node: Option<String>,
+    cancel_requested: bool,
 }
 
 impl RawJob {
@@ -53,6 +54,7 @@ impl RawJob {
             seq: row.get(14)?,
             attempt: row.get(15)?,
             node: row.get(16)?,
+            cancel_requested: row.get(17)?,
         })
     }
 
@@ -86,6 +88,7 @@ impl RawJob {
             seq: self.seq,
             attempt: self.attempt,
             node: self.node,
+            cancel_requested: self.cancel_requested,
             id: self.id,
         })
     }
