@@ -263,6 +263,17 @@ pub struct Transition {
     pub error: Option<String>,
 }
 
+impl Transition {
+    /// The result as the JSON text a backend stores.
+    pub fn result_text(&self) -> Result<Option<String>> {
+        self.result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))
+    }
+}
+
 impl AttemptEnd {
     /// The job's and the attempt's new state.
     pub fn transition(&self) -> Transition {
@@ -297,6 +308,21 @@ impl AttemptEnd {
     /// (a scheduled retry, a release).
     pub fn final_status(&self) -> Option<JobStatus> {
         Some(self.transition().job_status).filter(|status| status.is_terminal())
+    }
+}
+
+#[cfg(test)]
+impl NewJob {
+    /// A simulated job of `priority`, due at `run_at` µs (or at once), for unit tests.
+    pub fn for_test(priority: u8, run_at: Option<i64>) -> NewJob {
+        NewJob {
+            payload: serde_json::json!({"n": priority}),
+            timeout_seconds: 5,
+            max_retries: 1,
+            priority,
+            run_at: run_at.map(Timestamp::from_micros),
+            function: None,
+        }
     }
 }
 

@@ -433,14 +433,7 @@ mod tests {
     use serde_json::json;
 
     fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
-        NewJob {
-            payload: json!({"n": priority}),
-            timeout_seconds: 5,
-            max_retries: 1,
-            priority,
-            run_at: run_at.map(Timestamp::from_micros),
-            function: None,
-        }
+        NewJob::for_test(priority, run_at)
     }
 
     #[test]

@@ -542,12 +542,7 @@ impl Finish {
         now: Timestamp,
     ) -> Result<Finish> {
         let transition = end.transition();
-        let result = transition
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
+        let result = transition.result_text()?;
         let attempt = job
             .attempt
             .map(|attempt| column_int(attempt, "attempt"))

@@ -608,12 +608,7 @@ impl Finish {
         now: Timestamp,
     ) -> Result<Finish> {
         let transition = end.transition();
-        let result = transition
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|err| Error::Internal(format!("cannot encode result: {err}")))?;
+        let result = transition.result_text()?;
         Ok(Finish {
             seq: job.seq,
             attempt: job.attempt,
@@ -797,14 +792,7 @@ mod tests {
     }
 
     fn new_job(priority: u8, run_at: Option<i64>) -> NewJob {
-        NewJob {
-            payload: json!({"n": priority}),
-            timeout_seconds: 5,
-            max_retries: 1,
-            priority,
-            run_at: run_at.map(Timestamp::from_micros),
-            function: None,
-        }
+        NewJob::for_test(priority, run_at)
     }
 
     fn plan(store: &SqliteStore, sql: &str) -> String {
