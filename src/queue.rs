@@ -4,8 +4,9 @@
 //! the health checks of the database behind it. HTTP calls this and nothing below it; it
 //! knows nothing of HTTP: requests, statuses and headers stay in `http`.
 //!
-//! Workers still claim and record through the store directly. Every end of a job, theirs and
-//! the ones requested here, passes the store's `job_ended`, below both paths.
+//! Workers claim and record through it too (it implements `worker::Jobs`), so submit, claim,
+//! cancel, retry, delete and wake-ups are all here. Every end of a job, a worker's and the
+//! ones requested here, passes the store's `job_ended`, below both paths.
 
 use std::sync::Arc;
 
@@ -16,10 +17,12 @@ use crate::error::{Error, Result};
 use crate::executor::simulation::Simulation;
 use crate::functions::Functions;
 use crate::job::{Attempt, Job, JobDefaults, JobStatus, NewJob};
+use crate::job::{AttemptDetails, AttemptEnd};
 use crate::running::RunningAttempts;
+use crate::store::FinishAndClaim;
 use crate::store::Store;
 use crate::time::Timestamp;
-use crate::worker::Waker;
+use crate::worker::{Jobs, Waker};
 
 pub use crate::store::{Cancel, Page};
 
@@ -165,6 +168,36 @@ impl Queue {
         if job.node.as_deref() == Some(self.node.as_str()) {
             self.running.cancel(job);
         }
+    }
+}
+
+impl Jobs for Queue {
+    fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
+        self.store.claim_next_due(now)
+    }
+
+    fn next_due_at(&self) -> Result<Option<Timestamp>> {
+        self.store.next_due_at()
+    }
+
+    fn finish_attempt(
+        &self,
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.store.finish_attempt(job, end, details, now)
+    }
+
+    fn finish_and_claim_next(
+        &self,
+        job: &Job,
+        end: &AttemptEnd,
+        details: &AttemptDetails,
+        now: Timestamp,
+    ) -> Result<FinishAndClaim> {
+        self.store.finish_and_claim_next(job, end, details, now)
     }
 }
 

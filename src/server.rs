@@ -80,20 +80,20 @@ pub fn run(
         max_retries: config.default_max_retries,
     };
     let (waker, wakeups) = Waker::for_workers(config.worker_count);
-    let queue = Queue::new(
+    let queue = Arc::new(Queue::new(
         Arc::clone(&store),
         waker.clone(),
         Arc::clone(&running),
         functions.clone(),
         defaults,
         config.node_id.clone(),
-    );
+    ));
     // The port first: a node that cannot serve (the address is taken) must not have claimed
     // jobs from a queue other nodes share.
-    let server = HttpServer::start(&config, queue, functions)?;
+    let server = HttpServer::start(&config, Arc::clone(&queue), functions)?;
     let mut pool = WorkerPool::start(
         config.worker_count,
-        Arc::clone(&store),
+        queue,
         retry,
         Arc::clone(&running),
         runner,

@@ -19,7 +19,7 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// What every connection thread shares while it answers requests.
 pub struct AppState {
     /// What requests do to jobs.
-    pub queue: Queue,
+    pub queue: std::sync::Arc<Queue>,
     /// The functions jobs can name, for `GET /functions`.
     pub functions: Functions,
     pub max_body_bytes: usize,

@@ -68,7 +68,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(config: &Config, queue: Queue, functions: Functions) -> Result<HttpServer> {
+    pub fn start(config: &Config, queue: Arc<Queue>, functions: Functions) -> Result<HttpServer> {
         let cannot_listen = |err: std::io::Error| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         };

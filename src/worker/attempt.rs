@@ -16,13 +16,13 @@ use crossbeam_channel::{select, Receiver, TryRecvError};
 use log::{debug, error, info, warn};
 
 use super::idle::{Waker, DATABASE_RETRY_WAIT};
+use super::jobs::Jobs;
 use super::pool::Drain;
 use crate::error::{Error, Result};
 use crate::executor::{Details, Executor, Outcome};
 use crate::job::{AttemptDetails, AttemptEnd, Job};
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
-use crate::store::Store;
 use crate::time::Timestamp;
 
 /// How many times a worker tries to record an attempt's outcome after an error of the write
@@ -32,7 +32,7 @@ const RECORD_ATTEMPTS: usize = 3;
 
 /// What one worker needs to run and record attempts.
 pub(super) struct AttemptContext {
-    pub(super) store: Arc<Store>,
+    pub(super) jobs: Arc<dyn Jobs>,
     pub(super) retry: RetryPolicy,
     /// To make sure someone wakes for a retry this worker may be too busy to take.
     pub(super) waker: Waker,
@@ -104,7 +104,7 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
     let claims_nothing =
         aborting || (context.drain_mode == Drain::RunningOnly && stopped(&context.drain));
     let (recorded, after) = if claims_nothing || matches!(end, AttemptEnd::Released { .. }) {
-        let recorded = match context.store.finish_attempt(&job, &end, &details, now) {
+        let recorded = match context.jobs.finish_attempt(&job, &end, &details, now) {
             // A drain still has time to record it; an abort puts the job back either way.
             Err(err) if !aborting => {
                 error!(
@@ -118,7 +118,7 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
         (recorded, AfterAttempt::default())
     } else {
         match context
-            .store
+            .jobs
             .finish_and_claim_next(&job, &end, &details, now)
         {
             Ok(done) => (
@@ -199,7 +199,7 @@ fn record_again(
     details: &AttemptDetails,
 ) -> Result<bool> {
     let mut last = context
-        .store
+        .jobs
         .finish_attempt(job, end, details, Timestamp::now());
     let mut tries = 1;
     loop {
@@ -214,7 +214,7 @@ fn record_again(
             default(DATABASE_RETRY_WAIT) => {}
         }
         last = context
-            .store
+            .jobs
             .finish_attempt(job, end, details, Timestamp::now());
         tries += 1;
         match &last {

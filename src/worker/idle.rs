@@ -19,9 +19,9 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use log::{debug, error};
 
+use super::jobs::Jobs;
 use super::pool::Drain;
 use crate::job::Job;
-use crate::store::Store;
 use crate::time::Timestamp;
 
 /// The longest an idle worker sleeps before looking at the database again. A safety net only:
@@ -91,7 +91,7 @@ impl Waker {
 
 /// What one worker needs while it is idle.
 pub(super) struct IdleContext {
-    pub(super) store: Arc<Store>,
+    pub(super) jobs: Arc<dyn Jobs>,
     pub(super) wake: Receiver<()>,
     /// To hand the watch on to another idle worker.
     pub(super) waker: Waker,
@@ -127,7 +127,7 @@ pub(super) fn find_work(
     // A read first: most wake-ups (a job scheduled for later, a job another worker took)
     // need no write, and reads never wait for a commit.
     let now = Timestamp::now();
-    let next_due = match context.store.next_due_at() {
+    let next_due = match context.jobs.next_due_at() {
         Ok(next_due) => next_due.into_iter().chain(*known_due).min(),
         Err(err) => {
             error!("cannot read the schedule: {err}");
@@ -137,7 +137,7 @@ pub(super) fn find_work(
     if next_due.is_some_and(|due| due <= now) {
         // The claim goes through the writer, which sees every due job, so the hint is spent.
         *known_due = None;
-        return match context.store.claim_next_due(now) {
+        return match context.jobs.claim_next_due(now) {
             Ok(Some(job)) => {
                 hand_over_the_watch(context);
                 Next::Run(Box::new(job))
@@ -163,7 +163,7 @@ pub(super) fn find_work(
 /// counted on to wake for a scheduled job. If no other sleeping worker wakes by the next due
 /// time, one is woken to take over the watch.
 fn hand_over_the_watch(context: &IdleContext) {
-    match context.store.next_due_at() {
+    match context.jobs.next_due_at() {
         Ok(None) => {}
         Ok(Some(next_due)) if context.waker.sleepers.cover(next_due) => {}
         Ok(Some(_)) | Err(_) => context.waker.wake_one(),

@@ -10,10 +10,12 @@
 
 mod attempt;
 mod idle;
+mod jobs;
 mod lease;
 mod pool;
 mod recovery;
 
 pub use idle::Waker;
+pub use jobs::Jobs;
 pub use lease::LeaseKeeper;
 pub use pool::{Drain, WorkerPool};

@@ -13,11 +13,11 @@ use log::error;
 
 use super::attempt::{run_and_record, AfterAttempt, AttemptContext};
 use super::idle::{find_work, IdleContext, Next, Waker, Wakeups};
+use super::jobs::Jobs;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
-use crate::store::Store;
 use crate::time::Timestamp;
 
 /// What the workers do once a drain begins.
@@ -51,7 +51,7 @@ impl WorkerPool {
     /// only the attempts running (a queue shared with other nodes, which take the rest).
     pub fn start(
         count: usize,
-        store: Arc<Store>,
+        jobs: Arc<dyn Jobs>,
         retry: RetryPolicy,
         running: Arc<RunningAttempts>,
         executor: Arc<dyn Executor>,
@@ -65,7 +65,7 @@ impl WorkerPool {
         for number in 1..=count {
             let context = WorkerContext {
                 idle: IdleContext {
-                    store: Arc::clone(&store),
+                    jobs: Arc::clone(&jobs),
                     wake: wake.clone(),
                     waker: waker.clone(),
                     slot: number - 1,
@@ -74,7 +74,7 @@ impl WorkerPool {
                     abort: abort.clone(),
                 },
                 attempt: AttemptContext {
-                    store: Arc::clone(&store),
+                    jobs: Arc::clone(&jobs),
                     retry,
                     waker: waker.clone(),
                     running: Arc::clone(&running),
@@ -191,7 +191,7 @@ mod tests {
             pool_size: 1,
         };
         let location = crate::store::Location::Sqlite(path);
-        let store = Arc::new(Store::open(&location, &options).unwrap());
+        let store = Arc::new(crate::store::Store::open(&location, &options).unwrap());
         let now = Timestamp::now();
         for (id, max_retries) in [("retried", 1), ("out-of-retries", 0)] {
             let job = crate::job::NewJob {
@@ -206,11 +206,23 @@ mod tests {
         }
         // One worker: if a panic ended it, the jobs after the first panic would never end.
         let (waker, wakeups) = Waker::for_workers(1);
+        let running = Arc::new(RunningAttempts::default());
+        let queue = crate::queue::Queue::new(
+            Arc::clone(&store),
+            waker.clone(),
+            Arc::clone(&running),
+            crate::functions::Functions::new(dir.path().join("functions")),
+            crate::job::JobDefaults {
+                timeout_seconds: 5,
+                max_retries: 0,
+            },
+            "test-node".into(),
+        );
         let mut pool = WorkerPool::start(
             1,
-            Arc::clone(&store),
+            Arc::new(queue),
             RETRY,
-            Arc::new(RunningAttempts::default()),
+            running,
             Arc::new(PanicsOnFirstAttempts),
             Drain::DueJobs,
             (waker.clone(), wakeups),
