@@ -572,12 +572,6 @@ fn retries_run_on_time_while_other_writes_keep_the_writer_busy() {
 // Attempt history
 // ---------------------------------------------------------------------------
 
-fn attempts(server: &TestServer, id: &str) -> Vec<Value> {
-    let response = server.get(&format!("/jobs/{id}/attempts"));
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json().as_array().cloned().unwrap_or_default()
-}
-
 #[test]
 fn every_attempt_is_recorded_across_automatic_and_manual_retries() {
     let server = TestServer::builder().env("RETRY_BACKOFF_MS", "10").start();
@@ -586,7 +580,7 @@ fn every_attempt_is_recorded_across_automatic_and_manual_retries() {
         "max_retries": 2
     }));
     server.wait_for_status(&id, "failed", secs(5));
-    let first_run = attempts(&server, &id);
+    let first_run = server.attempts(&id);
     assert_eq!(first_run.len(), 3, "{first_run:?}");
     for (index, attempt) in first_run.iter().enumerate() {
         assert_eq!(attempt["attempt"], index + 1);
@@ -607,7 +601,8 @@ fn every_attempt_is_recorded_across_automatic_and_manual_retries() {
     server.wait_for_job(&id, secs(5), "three more attempts", |job| {
         job["status"] == "failed" && job["retry_count"] == 2
     });
-    let numbers: Vec<Value> = attempts(&server, &id)
+    let numbers: Vec<Value> = server
+        .attempts(&id)
         .iter()
         .map(|attempt| attempt["attempt"].clone())
         .collect();
@@ -621,11 +616,11 @@ fn attempts_show_success_and_timeout_and_go_with_their_job() {
     let slow = server.submit(json!({"payload": {"duration_ms": 4000}, "timeout_seconds": 1}));
     server.wait_for_status(&ok, "success", secs(5));
     server.wait_for_status(&slow, "timeout", secs(5));
-    let ok_attempts = attempts(&server, &ok);
+    let ok_attempts = server.attempts(&ok);
     assert_eq!(ok_attempts.len(), 1);
     assert_eq!(ok_attempts[0]["status"], "success");
     assert_eq!(ok_attempts[0]["result"], json!({"n": 7}));
-    let slow_attempts = attempts(&server, &slow);
+    let slow_attempts = server.attempts(&slow);
     assert_eq!(slow_attempts.len(), 1);
     assert_eq!(slow_attempts[0]["status"], "timeout");
 

@@ -85,20 +85,9 @@ fn run(server: &TestServer, function: &str, payload: Value) -> Value {
     job
 }
 
-/// GET /jobs/:id/attempts as an array.
-fn attempts(server: &TestServer, id: &str) -> Vec<Value> {
-    let response = server.get(&format!("/jobs/{id}/attempts"));
-    assert_eq!(response.status, 200, "{}", response.text());
-    response
-        .json()
-        .as_array()
-        .unwrap_or_else(|| panic!("attempts are not an array: {}", response.text()))
-        .clone()
-}
-
 /// The only attempt of a job that ran once.
 fn only_attempt(server: &TestServer, id: &str) -> Value {
-    let all = attempts(server, id);
+    let all = server.attempts(id);
     assert_eq!(all.len(), 1, "expected one attempt: {all:?}");
     all[0].clone()
 }
@@ -653,7 +642,7 @@ fn a_graceful_shutdown_kills_a_running_function_and_requeues_its_job() {
     assert_eq!(server.post_empty(&format!("/jobs/{id}/cancel")).status, 202);
     server.wait_for_status(&id, "cancelled", secs(5));
     assert_all_gone(&pids_again);
-    let attempts = attempts(&server, &id);
+    let attempts = server.attempts(&id);
     assert_eq!(attempts[0]["status"], "interrupted", "{attempts:?}");
     assert_eq!(attempts[0]["exit_code"], Value::Null);
     assert_eq!(attempts[1]["status"], "cancelled", "{attempts:?}");
@@ -791,7 +780,7 @@ fn attempts_after_retries_carry_exit_code_stderr_tail_and_the_attempt_number() {
     let job = server.wait_for_status(&id, "success", secs(10));
     assert_eq!(job["result"], "attempt 2", "{job}");
     assert_eq!(job["retry_count"], 1, "{job}");
-    let all = attempts(&server, &id);
+    let all = server.attempts(&id);
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0]["attempt"], 1);
     assert_eq!(all[0]["status"], "failed");

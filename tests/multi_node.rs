@@ -40,20 +40,9 @@ fn node(database: &Database, id: &str, env: &[(&str, &str)]) -> TestServer {
     builder.start()
 }
 
-/// `GET /jobs/:id/attempts` on `server`: asserts 200 and an array.
-fn attempts(server: &TestServer, id: &str) -> Vec<Value> {
-    let response = server.get(&format!("/jobs/{id}/attempts"));
-    assert_eq!(response.status, 200, "{}", response.text());
-    response
-        .json()
-        .as_array()
-        .unwrap_or_else(|| panic!("attempts of {id} are not an array: {}", response.text()))
-        .clone()
-}
-
 /// The node running the job's current attempt, if one is running.
 fn running_on(server: &TestServer, id: &str) -> Option<String> {
-    let attempts = attempts(server, id);
+    let attempts = server.attempts(id);
     let last = attempts.last()?;
     (last["status"] == "running").then(|| node_of(last))
 }
@@ -113,7 +102,7 @@ fn jobs_submitted_round_robin_to_three_nodes_run_once_each_and_read_the_same_eve
                 "job {id} reads differently on another node"
             );
         }
-        let history = attempts(&nodes[0], id);
+        let history = nodes[0].attempts(id);
         assert_eq!(
             history.len(),
             1,
@@ -128,7 +117,7 @@ fn jobs_submitted_round_robin_to_three_nodes_run_once_each_and_read_the_same_eve
         );
         for other in &nodes[1..] {
             assert_eq!(
-                attempts(other, id),
+                other.attempts(id),
                 history,
                 "attempts of {id} differ by node"
             );
@@ -195,7 +184,7 @@ fn a_killed_nodes_running_attempts_are_recovered_by_the_others_after_its_lease()
         let job = survivor.job(id);
         assert_eq!(job["status"], "success", "{job}");
         assert_eq!(other.job(id), job, "job {id} reads differently on node-c");
-        let history = attempts(&survivor, id);
+        let history = survivor.attempts(id);
         let last = history
             .last()
             .unwrap_or_else(|| panic!("{id} has no attempt"));
@@ -230,7 +219,7 @@ fn a_killed_nodes_running_attempts_are_recovered_by_the_others_after_its_lease()
         }
     }
     for id in &on_victim {
-        let history = attempts(&survivor, id);
+        let history = survivor.attempts(id);
         assert!(
             history.iter().any(|attempt| node_of(attempt) == "node-b"
                 && attempt["status"] == "failed"),
@@ -279,7 +268,7 @@ fn a_cancel_or_delete_on_one_node_stops_the_attempt_on_the_node_running_it() {
     let cancelled = a.wait_for_status(&to_cancel, "cancelled", secs(3));
     assert_eq!(cancelled["error_message"], "cancelled by request");
     assert_eq!(b.job(&to_cancel), cancelled);
-    let history = attempts(&a, &to_cancel);
+    let history = a.attempts(&to_cancel);
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["status"], "cancelled", "{history:?}");
     assert_eq!(node_of(&history[0]), "node-b");
@@ -352,7 +341,7 @@ fn a_node_stopped_with_sigterm_exits_0_and_the_others_keep_serving() {
         assert_eq!(b.job(id), job);
     }
     for id in &after {
-        let history = attempts(&a, id);
+        let history = a.attempts(id);
         assert_eq!(history.len(), 1, "{history:?}");
         assert_ne!(node_of(&history[0]), "node-c", "{history:?}");
     }

@@ -69,6 +69,19 @@ pub struct Options {
     pub pool_size: usize,
 }
 
+#[cfg(test)]
+impl Options {
+    /// Synced commits, one pooled connection, node `node`, for unit tests.
+    pub(crate) fn for_test(node: &str, max_pending_jobs: u64) -> Options {
+        Options {
+            sync: SyncMode::EveryCommit,
+            max_pending_jobs,
+            node: node.into(),
+            pool_size: 1,
+        }
+    }
+}
+
 /// What `cancel` found.
 pub enum Cancel {
     /// The job was pending and is now `cancelled`.
@@ -439,12 +452,7 @@ mod tests {
     #[test]
     fn every_end_of_a_job_passes_job_ended_exactly_once() {
         let dir = test_dir::TestDir::new("job-ended");
-        let options = Options {
-            sync: SyncMode::EveryCommit,
-            max_pending_jobs: 0,
-            node: "test-node".into(),
-            pool_size: 1,
-        };
+        let options = Options::for_test("test-node", 0);
         let sqlite = sqlite::SqliteStore::open(&dir.path().join("jobs.db"), &options).unwrap();
         let store = Store::with_backend(Box::new(sqlite));
         let now = Timestamp::from_micros(10);

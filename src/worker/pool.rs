@@ -184,12 +184,7 @@ mod tests {
     fn a_panicking_attempt_fails_is_retried_and_the_worker_lives_on() {
         let dir = crate::store::test_dir::TestDir::new("worker-panic");
         let path = dir.path().join("jobs.db");
-        let options = crate::store::Options {
-            sync: crate::store::SyncMode::EveryCommit,
-            max_pending_jobs: 0,
-            node: "test-node".into(),
-            pool_size: 1,
-        };
+        let options = crate::store::Options::for_test("test-node", 0);
         let location = crate::store::Location::Sqlite(path);
         let store = Arc::new(crate::store::Store::open(&location, &options).unwrap());
         let now = Timestamp::now();

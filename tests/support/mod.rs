@@ -1055,6 +1055,17 @@ impl TestServer {
     }
 
     /// GET `path` (a /jobs listing); asserts 200 and returns the array.
+    /// `GET /jobs/:id/attempts`: asserts 200 and an array, and returns it.
+    pub fn attempts(&self, id: &str) -> Vec<Value> {
+        let response = self.get(&format!("/jobs/{id}/attempts"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        response
+            .json()
+            .as_array()
+            .unwrap_or_else(|| panic!("attempts of {id} are not an array: {}", response.text()))
+            .clone()
+    }
+
     pub fn list(&self, path: &str) -> (Vec<Value>, Response) {
         let resp = self.get(path);
         assert_eq!(

@@ -57,10 +57,8 @@ impl TestSchema {
 
     fn open_with(&self, node: &str, max_pending_jobs: u64) -> PostgresStore {
         let options = Options {
-            sync: SyncMode::EveryCommit,
-            max_pending_jobs,
-            node: node.into(),
             pool_size: 4,
+            ..Options::for_test(node, max_pending_jobs)
         };
         PostgresStore::open(&self.url(), &options).unwrap()
     }
@@ -521,9 +519,7 @@ fn migrations_run_once_however_many_nodes_open_the_schema() {
         .unwrap();
     let options = Options {
         sync: SyncMode::Deferred,
-        max_pending_jobs: 0,
-        node: "n1".into(),
-        pool_size: 1,
+        ..Options::for_test("n1", 0)
     };
     match PostgresStore::open(&db.url(), &options) {
         Err(Error::Startup(message)) => assert!(message.contains("newer"), "{message}"),
@@ -870,12 +866,7 @@ fn a_server_that_cannot_be_reached_is_an_outage_and_bad_credentials_are_not() {
     let Some(db) = TestSchema::new("errors") else {
         return;
     };
-    let options = Options {
-        sync: SyncMode::EveryCommit,
-        max_pending_jobs: 0,
-        node: "n1".into(),
-        pool_size: 1,
-    };
+    let options = Options::for_test("n1", 0);
     // Port 9 (discard) on loopback: nothing listens.
     match PostgresStore::open(
         "postgres://root@127.0.0.1:9/test?connect_timeout=2",
@@ -910,12 +901,7 @@ fn a_dead_connection_is_replaced() {
     let Some(db) = TestSchema::new("reconnect") else {
         return;
     };
-    let options = Options {
-        sync: SyncMode::EveryCommit,
-        max_pending_jobs: 0,
-        node: "n1".into(),
-        pool_size: 1,
-    };
+    let options = Options::for_test("n1", 0);
     let name = format!("{}_app", db.name);
     let url = format!("{}&application_name={name}", db.url());
     let store = PostgresStore::open(&url, &options).unwrap();

@@ -762,12 +762,7 @@ mod tests {
 
     /// The options of a test store: synced commits, node `test-node`.
     pub(crate) fn options(max_pending_jobs: u64) -> Options {
-        Options {
-            sync: SyncMode::EveryCommit,
-            max_pending_jobs,
-            node: "test-node".into(),
-            pool_size: 1,
-        }
+        Options::for_test("test-node", max_pending_jobs)
     }
 
     fn open(path: &Path, max_pending_jobs: u64) -> Result<SqliteStore> {
