@@ -16,7 +16,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 23] = [
+pub const VARIABLES: [Variable; 26] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -133,6 +133,21 @@ pub const VARIABLES: [Variable; 23] = [
         default: "1000000",
         meaning: "most jobs pending at once; a submit beyond is refused with 429 (0: no limit)",
     },
+    Variable {
+        name: "IDEMPOTENCY_TTL_SECONDS",
+        default: "86400",
+        meaning: "how long an Idempotency-Key is remembered (1 to 31536000)",
+    },
+    Variable {
+        name: "JOB_RETENTION_SECONDS",
+        default: "604800",
+        meaning: "ended jobs are deleted this long after they end (0: keep everything)",
+    },
+    Variable {
+        name: "SUBMIT_RATE_LIMIT",
+        default: "",
+        meaning: "submits per client, e.g. 200/s or 3000/m (burst the same; unset: no limit)",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -178,6 +193,19 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Submits beyond this many pending jobs are refused (0: no limit).
     pub max_pending_jobs: u64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// Ended jobs are deleted this long after they end; `None` keeps them.
+    pub job_retention: Option<Duration>,
+    /// Submits each client may make, when limited.
+    pub submit_rate_limit: Option<SubmitRate>,
+}
+
+/// A rate: `requests` per `per` (`200/s`), with a burst of `requests`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubmitRate {
+    pub requests: u32,
+    pub per: Duration,
 }
 
 impl Config {
@@ -253,6 +281,16 @@ impl Config {
             )?),
             max_connections: to_usize(reader.integer("MAX_CONNECTIONS", 1, 65_536)?),
             api_token: reader.api_token()?,
+            idempotency_ttl: Duration::from_secs(reader.integer(
+                "IDEMPOTENCY_TTL_SECONDS",
+                1,
+                31_536_000,
+            )?),
+            job_retention: match reader.integer("JOB_RETENTION_SECONDS", 0, 315_360_000)? {
+                0 => None,
+                seconds => Some(Duration::from_secs(seconds)),
+            },
+            submit_rate_limit: reader.rate("SUBMIT_RATE_LIMIT")?,
         }
         .refusing_open_access(reader.boolean("ALLOW_UNAUTHENTICATED")?)
     }
@@ -319,6 +357,34 @@ struct Reader<F> {
 }
 
 impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// `N/s`, `N/m` or `N/h` (N from 1 to 1,000,000); unset or empty is no limit.
+    fn rate(&self, name: &'static str) -> Result<Option<SubmitRate>> {
+        let text = self.raw(name);
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || Error::Config {
+            variable: name,
+            message: format!(
+                "must be a number of requests per second, minute or hour, like 200/s, 3000/m or \
+                 10000/h, got {text:?}"
+            ),
+        };
+        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
+        let requests: u32 = count.trim().parse().map_err(|_| invalid())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(invalid()),
+        };
+        if !(1..=1_000_000).contains(&requests) {
+            return Err(invalid());
+        }
+        Ok(Some(SubmitRate { requests, per }))
+    }
+
     /// The variable's value, or its documented default when unset.
     fn raw(&self, name: &'static str) -> String {
         (self.lookup)(name).unwrap_or_else(|| {
@@ -528,6 +594,38 @@ mod tests {
         assert_eq!(config.http_idle_timeout, Duration::from_secs(30));
         assert_eq!(config.max_connections, 1024);
         assert_eq!(config.api_token, None);
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.job_retention, Some(Duration::from_secs(604_800)));
+        assert_eq!(config.submit_rate_limit, None);
+    }
+
+    #[test]
+    fn retention_zero_keeps_everything_and_rates_name_their_unit() {
+        let config = config_with(&[("JOB_RETENTION_SECONDS", "0")]).unwrap();
+        assert_eq!(config.job_retention, None);
+        let rate =
+            |text: &str| config_with(&[("SUBMIT_RATE_LIMIT", text)]).map(|c| c.submit_rate_limit);
+        let per = |requests, seconds| {
+            Some(SubmitRate {
+                requests,
+                per: Duration::from_secs(seconds),
+            })
+        };
+        assert_eq!(rate("200/s").unwrap(), per(200, 1));
+        assert_eq!(rate(" 3000/m ").unwrap(), per(3000, 60));
+        assert_eq!(rate("10/h").unwrap(), per(10, 3600));
+        assert_eq!(rate("").unwrap(), None);
+        for bad in ["200", "0/s", "1.5/s", "200/d", "-1/s", "/s", "2000000/s"] {
+            assert_eq!(
+                failing_variable(&[("SUBMIT_RATE_LIMIT", bad)]),
+                "SUBMIT_RATE_LIMIT",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            failing_variable(&[("IDEMPOTENCY_TTL_SECONDS", "0")]),
+            "IDEMPOTENCY_TTL_SECONDS"
+        );
     }
 
     #[test]

@@ -17,6 +17,24 @@ pub const MAX_PRIORITY: u64 = 9;
 /// Ten years of 365 days (315,360,000 s): far enough for any schedule, small enough that
 /// timestamps never overflow. Documented in the README and `openapi.json`.
 pub const MAX_DELAY_SECONDS: u64 = 10 * 365 * 86_400;
+/// The queue of a job whose submit names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// The longest queue name.
+pub const MAX_QUEUE_NAME: usize = 64;
+
+/// `name` if it can name a queue: 1 to 64 of `a-z`, `0-9`, `_` and `-`. Names are compared as
+/// written, so the rule keeps out look-alikes (`Emails`, `emails `) that would split a queue.
+pub fn queue_name(name: &str) -> Result<&str> {
+    let allowed =
+        |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"_-".contains(&byte);
+    if (1..=MAX_QUEUE_NAME).contains(&name.len()) && name.bytes().all(allowed) {
+        return Ok(name);
+    }
+    let shown: String = name.chars().take(MAX_QUEUE_NAME + 1).collect();
+    Err(Error::Validation(format!(
+        "queue must be 1 to {MAX_QUEUE_NAME} characters of a-z, 0-9, _ and -, got {shown:?}"
+    )))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +117,8 @@ pub struct Job {
     pub run_at: Timestamp,
     /// The function the job runs, or `None` for a simulated job.
     pub function: Option<String>,
+    /// The named queue the job waits in (`default` unless the submit named one).
+    pub queue: String,
     /// The number of the job's current (or last) attempt: with the job, the attempt's
     /// identity. A claim sets it; an outcome lands only on the attempt it names (internal).
     #[serde(skip)]
@@ -146,6 +166,7 @@ impl Job {
             priority: 0,
             run_at: Timestamp::from_micros(0),
             function: None,
+            queue: DEFAULT_QUEUE.into(),
             attempt: None,
             node: None,
             cancel_requested: false,
@@ -322,6 +343,7 @@ impl NewJob {
             priority,
             run_at: run_at.map(Timestamp::from_micros),
             function: None,
+            queue: DEFAULT_QUEUE.into(),
         }
     }
 }
@@ -344,9 +366,11 @@ pub struct NewJob {
     pub run_at: Option<Timestamp>,
     /// The function to run; `None` simulates.
     pub function: Option<String>,
+    /// The queue it waits in.
+    pub queue: String,
 }
 
-const SUBMIT_FIELDS: [&str; 7] = [
+const SUBMIT_FIELDS: [&str; 8] = [
     "payload",
     "function",
     "timeout_seconds",
@@ -354,6 +378,7 @@ const SUBMIT_FIELDS: [&str; 7] = [
     "priority",
     "run_at",
     "delay_seconds",
+    "queue",
 ];
 
 impl NewJob {
@@ -397,6 +422,15 @@ impl NewJob {
                 )))
             }
         };
+        let queue = match fields.remove("queue") {
+            None | Some(Value::Null) => DEFAULT_QUEUE.to_string(),
+            Some(Value::String(name)) => queue_name(&name)?.to_string(),
+            Some(other) => {
+                return Err(Error::Validation(format!(
+                    "queue must be a queue name (a string), got {other}"
+                )))
+            }
+        };
         Ok(NewJob {
             payload,
             timeout_seconds,
@@ -404,6 +438,7 @@ impl NewJob {
             priority,
             run_at,
             function,
+            queue,
         })
     }
 }
@@ -549,6 +584,7 @@ mod tests {
                 priority: 0,
                 run_at: None,
                 function: None,
+                queue: DEFAULT_QUEUE.into(),
             }
         );
     }

@@ -196,6 +196,7 @@ mod tests {
                 priority: 0,
                 run_at: None,
                 function: None,
+                queue: crate::job::DEFAULT_QUEUE.into(),
             };
             store.insert(id.into(), &job, now).unwrap();
         }

@@ -43,7 +43,7 @@ pub fn config_vars() -> impl Iterator<Item = &'static str> {
 }
 
 /// The fields of a job as every endpoint returns it.
-pub const JOB_FIELDS: [&str; 14] = [
+pub const JOB_FIELDS: [&str; 15] = [
     "id",
     "payload",
     "status",
@@ -58,6 +58,7 @@ pub const JOB_FIELDS: [&str; 14] = [
     "priority",
     "run_at",
     "function",
+    "queue",
 ];
 
 pub const STATUSES: [&str; 6] = [

@@ -192,7 +192,8 @@ impl Backend for PostgresStore {
         );
         let function = job.function.as_deref();
         let created_at = now.as_micros();
-        let params: [&(dyn ToSql + Sync); 8] = [
+        let queue = job.queue.as_str();
+        let params: [&(dyn ToSql + Sync); 9] = [
             &id,
             &payload,
             &priority,
@@ -201,6 +202,7 @@ impl Backend for PostgresStore {
             &max_retries,
             &timeout_seconds,
             &function,
+            &queue,
         ];
         let limit = self.max_pending_jobs;
         let bound = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -141,6 +141,108 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT coalesce(sum(n), 0) INTO pending FROM pending_counts;
         RETURN pending;
      END $$;",
+    // 3: named queues, their settings and counts; idempotency keys; retention (as SQLite's
+    // seventh migration). `queue_counts` replaces `pending_counts`: the jobs of each queue in
+    // each status, spread over 16 shards per (queue, status) the same way, kept by
+    // statement-level triggers; the pending limit sums its pending rows. A trigger writes
+    // its rows in (queue, status) order, so two statements never wait on each other's rows
+    // in opposite orders.
+    "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+     CREATE INDEX jobs_pending_by_queue ON jobs (queue, priority DESC, run_at, seq)
+        WHERE status = 'pending';
+     CREATE INDEX jobs_by_queue ON jobs (queue, status, seq);
+     CREATE INDEX jobs_by_function ON jobs (function, status, seq);
+     CREATE INDEX jobs_ended_by_finish ON jobs (finished_at)
+        WHERE status IN ('success', 'failed', 'timeout', 'cancelled');
+     CREATE TABLE queues (
+        name            TEXT PRIMARY KEY,
+        paused          BOOLEAN NOT NULL DEFAULT false,
+        concurrency     INTEGER,
+        rate_per_second DOUBLE PRECISION,
+        tokens          DOUBLE PRECISION NOT NULL DEFAULT 0,
+        refilled_at     BIGINT NOT NULL DEFAULT 0,
+        updated_at      BIGINT NOT NULL
+     );
+     CREATE TABLE queue_counts (
+        queue  TEXT NOT NULL,
+        status TEXT NOT NULL,
+        shard  INTEGER NOT NULL,
+        n      BIGINT NOT NULL,
+        PRIMARY KEY (queue, status, shard)
+     );
+     CREATE FUNCTION count_queue_jobs() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $$
+     BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO queue_counts AS counts (queue, status, shard, n)
+                SELECT queue, status, pg_backend_pid() % 16, count(*) FROM after_rows
+                GROUP BY queue, status ORDER BY queue, status
+                ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
+        ELSIF TG_OP = 'UPDATE' THEN
+            INSERT INTO queue_counts AS counts (queue, status, shard, n)
+                SELECT queue, status, pg_backend_pid() % 16, sum(change) FROM (
+                    SELECT queue, status, 1 AS change FROM after_rows
+                    UNION ALL
+                    SELECT queue, status, -1 AS change FROM before_rows) AS changes
+                GROUP BY queue, status HAVING sum(change) <> 0 ORDER BY queue, status
+                ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
+        ELSE
+            INSERT INTO queue_counts AS counts (queue, status, shard, n)
+                SELECT queue, status, pg_backend_pid() % 16, -count(*) FROM before_rows
+                GROUP BY queue, status ORDER BY queue, status
+                ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
+        END IF;
+        RETURN NULL;
+     END $$;
+     CREATE FUNCTION forget_queue_counts() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $$
+     BEGIN
+        DELETE FROM queue_counts;
+        RETURN NULL;
+     END $$;
+     DROP TRIGGER jobs_added_count_pending ON jobs;
+     DROP TRIGGER jobs_changed_count_pending ON jobs;
+     DROP TRIGGER jobs_deleted_count_pending ON jobs;
+     DROP TRIGGER jobs_truncated_count_pending ON jobs;
+     CREATE TRIGGER jobs_added_count_queues AFTER INSERT ON jobs
+        REFERENCING NEW TABLE AS after_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_queue_jobs();
+     CREATE TRIGGER jobs_changed_count_queues AFTER UPDATE ON jobs
+        REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_queue_jobs();
+     CREATE TRIGGER jobs_deleted_count_queues AFTER DELETE ON jobs
+        REFERENCING OLD TABLE AS before_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION count_queue_jobs();
+     CREATE TRIGGER jobs_truncated_count_queues AFTER TRUNCATE ON jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION forget_queue_counts();
+     INSERT INTO queue_counts (queue, status, shard, n)
+        SELECT queue, status, 0, count(*) FROM jobs GROUP BY queue, status;
+     DROP FUNCTION count_pending_jobs();
+     DROP FUNCTION forget_pending_jobs();
+     DROP TABLE pending_counts;
+     CREATE OR REPLACE FUNCTION pending_jobs_under_limit_lock(exclusive BOOLEAN) RETURNS BIGINT
+        LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+     DECLARE
+        pending BIGINT;
+     BEGIN
+        IF exclusive THEN
+            PERFORM pg_advisory_xact_lock(1835822192, hashtext(current_schema()));
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(1835822192, hashtext(current_schema()));
+        END IF;
+        SELECT coalesce(sum(n), 0) INTO pending FROM queue_counts WHERE status = 'pending';
+        RETURN pending;
+     END $$;
+     CREATE TABLE idempotency_keys (
+        key             TEXT PRIMARY KEY,
+        request_hash    TEXT NOT NULL,
+        response_status INTEGER NOT NULL,
+        response_body   TEXT NOT NULL,
+        job_seq         BIGINT,
+        created_at      BIGINT NOT NULL
+     );
+     CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+     CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_seq);",
 ];
 
 /// The advisory lock every node's migration takes (an arbitrary constant, "mlmi").

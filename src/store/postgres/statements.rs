@@ -41,9 +41,9 @@ macro_rules! insert_job_if {
         concat!(
             "WITH added AS (
                 INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
-                                  max_retries, timeout_seconds, function)
+                                  max_retries, timeout_seconds, function, queue)
                 SELECT $1::text, $2::text, 'pending', $3::integer, $4::bigint, $5::bigint,
-                       $6::integer, $7::integer, $8::text
+                       $6::integer, $7::integer, $8::text, $9::text
                 WHERE ",
             $condition,
             " RETURNING seq)
@@ -53,16 +53,17 @@ macro_rules! insert_job_if {
 }
 /// Without a pending limit.
 pub const INSERT_JOB: &str = insert_job_if!("true");
-/// The fast path under a pending limit: the shared lock, and room for `$9` (the margin)
-/// more than the counters say is pending below the limit `$10`.
+/// The fast path under a pending limit: the shared lock, and room for `$10` (the margin)
+/// more than the counters say is pending below the limit `$11`.
 pub const INSERT_JOB_FAR_FROM_LIMIT: &str =
-    insert_job_if!("pending_jobs_under_limit_lock(false) + $9::bigint < $10::bigint");
-/// The exact path: the exclusive lock, and fewer pending than the limit `$9`.
+    insert_job_if!("pending_jobs_under_limit_lock(false) + $10::bigint < $11::bigint");
+/// The exact path: the exclusive lock, and fewer pending than the limit `$10`.
 pub const INSERT_JOB_UNDER_LIMIT: &str =
-    insert_job_if!("pending_jobs_under_limit_lock(true) < $9::bigint");
+    insert_job_if!("pending_jobs_under_limit_lock(true) < $10::bigint");
 /// The pending jobs by the counters the triggers keep (committed ones, no lock).
 #[cfg(test)]
-pub const COUNTED_PENDING: &str = "SELECT coalesce(sum(n), 0)::bigint FROM pending_counts";
+pub const COUNTED_PENDING: &str =
+    "SELECT coalesce(sum(n), 0)::bigint FROM queue_counts WHERE status = 'pending'";
 
 /// Claims the highest-priority due job: one branch per priority, highest first, each a seek
 /// on `jobs_pending_by_priority` (`priority = p AND run_at <= now`, oldest first), so future

@@ -45,7 +45,7 @@ macro_rules! job_columns {
     () => {
         "id, payload, status, created_at, started_at, finished_at, retry_count, \
          max_retries, timeout_seconds, result, error_message, priority, run_at, function, seq, \
-         attempt, node, cancel_requested"
+         attempt, node, cancel_requested, queue"
     };
 }
 
@@ -131,8 +131,9 @@ const COUNT_PENDING: &str = "SELECT count(*) FROM jobs WHERE status = 'pending'"
 /// The write `GET /health` makes when nothing else has written lately: one row, one page.
 const PROBE_WRITE: &str = "UPDATE write_probe SET probed_at = ?1 WHERE id = 1";
 const INSERT_JOB: &str = "INSERT INTO jobs
-        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function)
-     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8)";
+        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function,
+         queue)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 /// Ends the job's running attempt `?7`, claimed at `?8`, with the status `?2` its transition
 /// says: a retry (`?6` set) counts one more retry and is due at `?6`. An outcome lands only on
 /// the attempt it belongs to, never on a later attempt of the same job: the job was recovered
@@ -238,6 +239,7 @@ impl Backend for SqliteStore {
         let (priority, max_retries, timeout_seconds) =
             (job.priority, job.max_retries, job.timeout_seconds);
         let function = job.function.clone();
+        let queue = job.queue.clone();
         let limit = self.max_pending_jobs;
         self.writes.write(move |writer| {
             if limit > 0 && writer.pending_jobs() >= limit {
@@ -251,7 +253,8 @@ impl Backend for SqliteStore {
                 now.as_micros(),
                 max_retries,
                 timeout_seconds,
-                function
+                function,
+                queue
             ])?;
             writer.pending_changed(1);
             Ok(())

@@ -28,6 +28,7 @@ pub struct RawJob {
     attempt: Option<u32>,
     node: Option<String>,
     cancel_requested: bool,
+    queue: String,
 }
 
 impl RawJob {
@@ -55,6 +56,7 @@ impl RawJob {
             attempt: row.get(15)?,
             node: row.get(16)?,
             cancel_requested: row.get(17)?,
+            queue: row.get(18)?,
         })
     }
 
@@ -89,6 +91,7 @@ impl RawJob {
             attempt: self.attempt,
             node: self.node,
             cancel_requested: self.cancel_requested,
+            queue: self.queue,
             id: self.id,
         })
     }

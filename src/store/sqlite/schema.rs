@@ -69,6 +69,65 @@ pub const MIGRATIONS: &[&str] = &[
         started_at   INTEGER NOT NULL,
         heartbeat_at INTEGER NOT NULL
      );",
+    // 7: named queues, their settings and counts; idempotency keys; retention.
+    // `queue_counts` holds how many jobs each queue has in each status, kept by triggers in
+    // the statement that changes a job, so `GET /queues` reads a few rows whatever the number
+    // of jobs. A row may reach 0 and stay.
+    // `queues` holds a queue's settings; a queue without a row has the defaults (running,
+    // no limits). `tokens` and `refilled_at` are its start-rate bucket.
+    // `idempotency_keys`: a submit's key with a fingerprint of its body and the answer it
+    // got, so a repeat gets that answer again; `job_seq` (the first job it created) lets the
+    // key go with that job when retention deletes it.
+    "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+     -- Claiming within one queue: its highest priority due job, oldest first.
+     CREATE INDEX jobs_pending_by_queue ON jobs(queue, priority DESC, run_at, seq)
+        WHERE status = 'pending';
+     -- GET /jobs?queue=X and ?function=X (with or without status), newest first.
+     CREATE INDEX jobs_by_queue ON jobs(queue, status, seq);
+     CREATE INDEX jobs_by_function ON jobs(function, status, seq);
+     -- Retention: ended jobs, oldest end first.
+     CREATE INDEX jobs_ended_by_finish ON jobs(finished_at)
+        WHERE status IN ('success', 'failed', 'timeout', 'cancelled');
+     CREATE TABLE queues (
+        name            TEXT PRIMARY KEY,
+        paused          INTEGER NOT NULL DEFAULT 0,
+        concurrency     INTEGER,
+        rate_per_second REAL,
+        tokens          REAL NOT NULL DEFAULT 0,
+        refilled_at     INTEGER NOT NULL DEFAULT 0,
+        updated_at      INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE queue_counts (
+        queue  TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (queue, status)
+     ) WITHOUT ROWID;
+     CREATE TRIGGER jobs_counted_on_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO queue_counts (queue, status, n) VALUES (NEW.queue, NEW.status, 1)
+           ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER jobs_counted_on_update AFTER UPDATE OF status, queue ON jobs
+        WHEN OLD.status IS NOT NEW.status OR OLD.queue IS NOT NEW.queue BEGIN
+        UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
+        INSERT INTO queue_counts (queue, status, n) VALUES (NEW.queue, NEW.status, 1)
+           ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+     END;
+     CREATE TRIGGER jobs_counted_on_delete AFTER DELETE ON jobs BEGIN
+        UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND status = OLD.status;
+     END;
+     INSERT INTO queue_counts (queue, status, n)
+        SELECT queue, status, count(*) FROM jobs GROUP BY queue, status;
+     CREATE TABLE idempotency_keys (
+        key             TEXT PRIMARY KEY,
+        request_hash    TEXT NOT NULL,
+        response_status INTEGER NOT NULL,
+        response_body   TEXT NOT NULL,
+        job_seq         INTEGER,
+        created_at      INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
+     CREATE INDEX idempotency_keys_by_job ON idempotency_keys(job_seq);",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.
