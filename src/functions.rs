@@ -93,7 +93,8 @@ impl Functions {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a function (so also a `GET /jobs?function=` filter).
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name

@@ -17,6 +17,7 @@ mod functions;
 mod http;
 mod job;
 mod queue;
+mod queue_settings;
 mod retry;
 mod running;
 mod server;

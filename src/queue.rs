@@ -16,15 +16,16 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::executor::simulation::Simulation;
 use crate::functions::Functions;
-use crate::job::{Attempt, Job, JobDefaults, JobStatus, NewJob};
+use crate::job::{queue_name, Attempt, Job, JobDefaults, JobStatus, NewJob};
 use crate::job::{AttemptDetails, AttemptEnd};
+use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::running::RunningAttempts;
 use crate::store::FinishAndClaim;
 use crate::store::Store;
 use crate::time::Timestamp;
 use crate::worker::{Jobs, Waker};
 
-pub use crate::store::{Cancel, Page};
+pub use crate::store::{Cancel, JobFilter, Page};
 
 /// Where the lines below are logged: the module that logged them before this layer existed,
 /// so that `RUST_LOG` filters and log readers see them as before.
@@ -106,15 +107,10 @@ impl Queue {
         self.store.get(&id)?.ok_or_else(|| not_found(&id))
     }
 
-    /// Jobs newest first, optionally of one status and older than the job `before` (a
+    /// Jobs newest first that pass `filter`, optionally older than the job `before` (a
     /// canonical id).
-    pub fn list(
-        &self,
-        status: Option<JobStatus>,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Page> {
-        self.store.list(status, before, limit)
+    pub fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page> {
+        self.store.list(filter, before, limit)
     }
 
     /// Every attempt of a job in order.
@@ -160,6 +156,51 @@ impl Queue {
             }
         }
         Ok(cancel)
+    }
+
+    // --- Named queues: GET /queues, pause, resume, PUT /queues/:name ---
+
+    /// Every queue that has jobs or settings, by name.
+    pub fn queues(&self) -> Result<Vec<QueueSummary>> {
+        self.store.queues()
+    }
+
+    /// Pauses a queue: its jobs wait, its running ones finish.
+    pub fn pause(&self, name: &str) -> Result<QueueSummary> {
+        let queue = self
+            .store
+            .set_paused(queue_name(name)?, true, Timestamp::now())?;
+        info!(target: LOG_TARGET, "queue {name} paused");
+        Ok(queue)
+    }
+
+    /// Resumes a queue and wakes a worker for its jobs (each worker that takes one wakes the
+    /// next while more are due; the store tells the other nodes).
+    pub fn resume(&self, name: &str) -> Result<QueueSummary> {
+        let queue = self
+            .store
+            .set_paused(queue_name(name)?, false, Timestamp::now())?;
+        info!(target: LOG_TARGET, "queue {name} resumed");
+        self.waker.wake_one();
+        Ok(queue)
+    }
+
+    /// Changes a queue's limits from a `PUT /queues/:name` body; a looser limit may let jobs
+    /// start now, so a worker is woken.
+    pub fn configure_queue(&self, name: &str, body: Value) -> Result<QueueSummary> {
+        let name = queue_name(name)?;
+        let change = SettingsChange::from_json(body)?;
+        let queue = self
+            .store
+            .configure_queue(name, &change, Timestamp::now())?;
+        info!(
+            target: LOG_TARGET,
+            "queue {name}: concurrency {:?}, rate_per_second {:?}",
+            queue.concurrency,
+            queue.rate_per_second
+        );
+        self.waker.wake_one();
+        Ok(queue)
     }
 
     /// Stops the job's attempt if it runs on this node; the store has recorded the request for

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::functions::Functions;
 use crate::http::request::query_pairs;
 use crate::http::response::ApiResponse;
-use crate::job::JobStatus;
-use crate::queue::{canonical_id, Cancel, Queue};
+use crate::job::{queue_name, JobStatus};
+use crate::queue::{canonical_id, Cancel, JobFilter, Queue};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -107,17 +107,27 @@ pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {
 }
 
 pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
-    let mut status = None;
+    let mut filter = JobFilter::default();
     let mut limit = DEFAULT_PAGE_SIZE;
     let mut before = None;
     for (name, value) in query_pairs(query) {
         match name.as_str() {
             "status" => {
-                status = Some(value.parse::<JobStatus>().map_err(|_| {
+                filter.status = Some(value.parse::<JobStatus>().map_err(|_| {
                     Error::Validation(format!(
                         "status must be one of pending, running, success, failed, timeout, cancelled; got {value:?}"
                     ))
                 })?)
+            }
+            "queue" => filter.queue = Some(queue_name(&value)?.to_string()),
+            "function" => {
+                if !crate::functions::valid_name(&value) {
+                    let shown: String = value.chars().take(65).collect();
+                    return Err(Error::Validation(format!(
+                        "function must be a function name (1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.'), got {shown:?}"
+                    )));
+                }
+                filter.function = Some(value);
             }
             "limit" => {
                 limit = value
@@ -137,18 +147,27 @@ pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {
             }
             other => {
                 return Err(Error::Validation(format!(
-                    "unknown query parameter {other:?}; allowed are status, limit, before"
+                    "unknown query parameter {other:?}; allowed are status, queue, function, limit, before"
                 )))
             }
         }
     }
-    let page = state.queue.list(status, before.as_deref(), limit)?;
+    let page = state.queue.list(&filter, before.as_deref(), limit)?;
     let next = page.jobs.last().filter(|_| page.has_more).map(|last| {
-        let status = status
-            .map(|status| format!("status={status}&"))
-            .unwrap_or_default();
+        // The filters' values need no escaping: statuses, queue and function names are all
+        // of characters a query may hold as they are.
+        let mut filters = String::new();
+        if let Some(status) = filter.status {
+            filters.push_str(&format!("status={status}&"));
+        }
+        if let Some(queue) = &filter.queue {
+            filters.push_str(&format!("queue={queue}&"));
+        }
+        if let Some(function) = &filter.function {
+            filters.push_str(&format!("function={function}&"));
+        }
         format!(
-            "</jobs?{status}limit={limit}&before={}>; rel=\"next\"",
+            "</jobs?{filters}limit={limit}&before={}>; rel=\"next\"",
             last.id
         )
     });

@@ -14,6 +14,7 @@ mod listener;
 mod middleware;
 mod openapi;
 mod pool;
+mod queues;
 mod request;
 mod response;
 mod routes;

@@ -9,10 +9,12 @@ use crate::error::{Error, Result};
 use crate::http::framing::Body;
 use crate::http::handlers::{self, AppState};
 use crate::http::openapi;
+use crate::http::queues;
 use crate::http::request::{read_json_body, BodyLimits};
 use crate::http::response::ApiResponse;
 
-/// Every (method, path template) pair the router answers; `{id}` stands for a job id. Tests
+/// Every (method, path template) pair the router answers; `{id}` stands for a job id and
+/// `{name}` for a queue name. Tests
 /// check it against the match in [`resolve`] and against the paths of `openapi.json`.
 #[cfg_attr(not(test), allow(dead_code))] // Read by those tests only.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -26,6 +28,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/jobs/{id}/retry"),
     ("POST", "/jobs/{id}/cancel"),
     ("GET", "/jobs/{id}/attempts"),
+    // Named queues.
+    ("GET", "/queues"),
+    ("PUT", "/queues/{name}"),
+    ("POST", "/queues/{name}/pause"),
+    ("POST", "/queues/{name}/resume"),
 ];
 
 /// What a request asks for, decided from its method and path alone.
@@ -41,6 +48,10 @@ enum Endpoint<'a> {
     Retry(&'a str),
     Cancel(&'a str),
     Attempts(&'a str),
+    Queues,
+    ConfigureQueue(&'a str),
+    PauseQueue(&'a str),
+    ResumeQueue(&'a str),
 }
 
 /// Routes one request. `body_read` is set once its body has been read to the end, so the
@@ -77,6 +88,17 @@ pub fn route(
         Endpoint::Retry(id) => handlers::retry(state, id),
         Endpoint::Cancel(id) => handlers::cancel(state, id),
         Endpoint::Attempts(id) => handlers::attempts(state, id),
+        Endpoint::Queues => queues::list(state),
+        Endpoint::ConfigureQueue(name) => {
+            let limits = BodyLimits {
+                max_bytes: state.max_body_bytes,
+                patience: state.body_patience,
+            };
+            let body = read_json_body(request, body, limits, body_read)?;
+            queues::configure(state, name, body)
+        }
+        Endpoint::PauseQueue(name) => queues::pause(state, name),
+        Endpoint::ResumeQueue(name) => queues::resume(state, name),
     }
 }
 
@@ -94,6 +116,10 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         (Method::Post, ["jobs", id, "retry"]) => Ok(Endpoint::Retry(id)),
         (Method::Post, ["jobs", id, "cancel"]) => Ok(Endpoint::Cancel(id)),
         (Method::Get, ["jobs", id, "attempts"]) => Ok(Endpoint::Attempts(id)),
+        (Method::Get, ["queues"]) => Ok(Endpoint::Queues),
+        (Method::Put, ["queues", name]) => Ok(Endpoint::ConfigureQueue(name)),
+        (Method::Post, ["queues", name, "pause"]) => Ok(Endpoint::PauseQueue(name)),
+        (Method::Post, ["queues", name, "resume"]) => Ok(Endpoint::ResumeQueue(name)),
         (_, ["health" | "openapi.json" | "functions"]) => {
             Err(Error::MethodNotAllowed { allow: "GET" })
         }
@@ -103,6 +129,9 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         }),
         (_, ["jobs", _, "retry" | "cancel"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
         (_, ["jobs", _, "attempts"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (_, ["queues"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (_, ["queues", _]) => Err(Error::MethodNotAllowed { allow: "PUT" }),
+        (_, ["queues", _, "pause" | "resume"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
         _ => Err(Error::NotFound(format!(
             "no route for {}",
             path.chars().take(100).collect::<String>()
@@ -117,6 +146,13 @@ mod tests {
     use super::*;
 
     const SAMPLE_ID: &str = "0192f6c4-0000-7000-8000-000000000001";
+    const SAMPLE_QUEUE: &str = "emails";
+
+    fn sample_path(template: &str) -> String {
+        template
+            .replace("{id}", SAMPLE_ID)
+            .replace("{name}", SAMPLE_QUEUE)
+    }
 
     fn method(name: &str) -> Method {
         name.parse()
@@ -141,7 +177,7 @@ mod tests {
                     .split(", ")
                     .map(|segment| match segment.strip_prefix('"') {
                         Some(literal) => format!("/{}", literal.trim_end_matches('"')),
-                        None => "/{id}".to_string(),
+                        None => format!("/{{{segment}}}"),
                     })
                     .collect();
                 (name.to_ascii_uppercase(), path)
@@ -163,7 +199,7 @@ mod tests {
     fn every_listed_route_reaches_its_own_endpoint_with_the_id() {
         let mut reached = Vec::new();
         for &(name, template) in ROUTES {
-            let path = template.replace("{id}", SAMPLE_ID);
+            let path = sample_path(template);
             let endpoint = resolve(&method(name), &path)
                 .unwrap_or_else(|err| panic!("{name} {template} is not routed: {err}"));
             let id = match endpoint {
@@ -176,6 +212,21 @@ mod tests {
             };
             assert_eq!(id.is_some(), template.contains("{id}"), "{name} {template}");
             assert!(id.is_none_or(|id| id == SAMPLE_ID), "{name} {template}");
+            let queue = match endpoint {
+                Endpoint::ConfigureQueue(queue)
+                | Endpoint::PauseQueue(queue)
+                | Endpoint::ResumeQueue(queue) => Some(queue),
+                _ => None,
+            };
+            assert_eq!(
+                queue.is_some(),
+                template.contains("{name}"),
+                "{name} {template}"
+            );
+            assert!(
+                queue.is_none_or(|queue| queue == SAMPLE_QUEUE),
+                "{name} {template}"
+            );
             // Every id is the sample, so the debug form tells the variants apart.
             let reached_now = format!("{endpoint:?}");
             assert!(
@@ -189,7 +240,7 @@ mod tests {
     #[test]
     fn a_listed_path_with_another_method_is_405_and_others_are_404() {
         for &(_, template) in ROUTES {
-            let path = template.replace("{id}", SAMPLE_ID);
+            let path = sample_path(template);
             let allowed: Vec<&str> = ROUTES
                 .iter()
                 .filter(|&&(_, other)| other == template)

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
+use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 
 /// Where the jobs are stored.
@@ -101,6 +102,15 @@ pub struct FinishAndClaim {
     pub next_due: Option<Timestamp>,
 }
 
+/// Which jobs `GET /jobs` lists: each filter given narrows it; any combination is served
+/// by an index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub queue: Option<String>,
+    pub function: Option<String>,
+}
+
 /// One page of `GET /jobs`.
 pub struct Page {
     pub jobs: Vec<Job>,
@@ -133,15 +143,18 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, id: &str) -> Result<Option<Job>>;
 
-    /// Jobs newest first, optionally of one status and older than the job `before`.
-    fn list(&self, status: Option<JobStatus>, before: Option<&str>, limit: usize) -> Result<Page>;
+    /// Jobs newest first that pass `filter`, optionally older than the job `before`.
+    fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page>;
 
     /// Marks the highest-priority due job `running` on this node, opens its next attempt and
     /// returns it (with `attempt` and `node` set); `None` when nothing is due. Never hands one
-    /// job to two claims.
+    /// job to two claims. Skips the jobs of a paused queue, of one running its `concurrency`
+    /// already and of one without a start token (`rate_per_second`), across every node.
     fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>>;
 
-    /// When the earliest pending job becomes due (possibly in the past); `None` if none waits.
+    /// When the earliest pending job becomes claimable (possibly in the past): never for a
+    /// paused or full queue's jobs, and not before the next start token of a rate-limited
+    /// one; `None` if none waits.
     fn next_due_at(&self) -> Result<Option<Timestamp>>;
 
     /// Records how the attempt `job.attempt` ended. `false` when it is no longer the job's
@@ -197,9 +210,27 @@ pub trait Backend: Send + Sync {
     /// Whether other nodes may use the same queue (so a draining node leaves them the jobs).
     fn is_shared(&self) -> bool;
 
-    /// Calls `on_queued` whenever another node may have queued a job, for as long as the
-    /// process runs. SQLite has no other node and does nothing.
+    /// Calls `on_queued` whenever another node may have queued a job, or a job that ended
+    /// freed a place in a queue with a `concurrency` limit, for as long as the process runs.
     fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()>;
+
+    // --- Named queues: settings and counts (GET /queues, pause, resume, PUT) ---
+
+    /// Every queue that has jobs or settings, by name, with its counts from the counters.
+    fn queues(&self) -> Result<Vec<QueueSummary>>;
+
+    /// Pauses or resumes a queue (creating its settings row); returns it as it now is. A
+    /// resume tells the other nodes.
+    fn set_paused(&self, name: &str, paused: bool, now: Timestamp) -> Result<QueueSummary>;
+
+    /// Changes a queue's limits (creating its settings row); fields not in `change` keep their
+    /// value. A new rate starts with a full bucket. Tells the other nodes.
+    fn configure_queue(
+        &self,
+        name: &str,
+        change: &SettingsChange,
+        now: Timestamp,
+    ) -> Result<QueueSummary>;
 }
 
 /// How a job left the queue for good, as `job_ended` hears of it.
@@ -262,13 +293,8 @@ impl Store {
         self.backend.get(id)
     }
 
-    pub fn list(
-        &self,
-        status: Option<JobStatus>,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Page> {
-        self.backend.list(status, before, limit)
+    pub fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page> {
+        self.backend.list(filter, before, limit)
     }
 
     pub fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
@@ -359,6 +385,25 @@ impl Store {
 
     pub fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {
         self.backend.watch_other_nodes(on_queued)
+    }
+
+    // --- Named queues ---
+
+    pub fn queues(&self) -> Result<Vec<QueueSummary>> {
+        self.backend.queues()
+    }
+
+    pub fn set_paused(&self, name: &str, paused: bool, now: Timestamp) -> Result<QueueSummary> {
+        self.backend.set_paused(name, paused, now)
+    }
+
+    pub fn configure_queue(
+        &self,
+        name: &str,
+        change: &SettingsChange,
+        now: Timestamp,
+    ) -> Result<QueueSummary> {
+        self.backend.configure_queue(name, change, now)
     }
 
     /// Passes the job to `job_ended` if the outcome just recorded for its attempt ends it.

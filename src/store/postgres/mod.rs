@@ -9,8 +9,10 @@
 //! agree for leases to work.
 
 mod error;
+mod list;
 mod notify;
 mod pool;
+mod queues;
 mod row;
 mod schema;
 mod statements;
@@ -26,10 +28,12 @@ use postgres::types::ToSql;
 use postgres::Client;
 
 use super::{
-    not_found, Backend, Cancel, FinishAndClaim, OnJobQueued, Options, Page, RunningHere, SyncMode,
+    not_found, Backend, Cancel, FinishAndClaim, JobFilter, OnJobQueued, Options, Page, RunningHere,
+    SyncMode,
 };
 use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
+use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use error::Failure;
 use notify::{Announcer, Watcher};
@@ -121,9 +125,9 @@ impl PostgresStore {
     }
 
     /// A recorded outcome that put the job back in the queue (a retry, a release) is work for
-    /// any node.
-    fn announce_if_requeued(&self, finish: &Finish, recorded: bool) {
-        if recorded && finish.requeued {
+    /// any node, and so is the place an end freed in a queue with a `concurrency` limit.
+    fn announce_if_requeued(&self, finish: &Finish, recorded: Recorded) {
+        if recorded.recorded && (finish.requeued || recorded.frees_a_place) {
             self.announcer.job_queued();
         }
     }
@@ -241,7 +245,7 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn list(&self, status: Option<JobStatus>, before: Option<&str>, limit: usize) -> Result<Page> {
+    fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page> {
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         let rows = self.pool.read(|connection| {
             let mut session = connection.session();
@@ -261,12 +265,20 @@ impl Backend for PostgresStore {
                     .try_get(0)?
                 }
             };
-            match status {
-                Some(status) => {
-                    session.query(LIST_BY_STATUS, &[&status.as_str(), &before_seq, &fetch])
-                }
-                None => session.query(LIST_ALL, &[&before_seq, &fetch]),
+            let status = filter.status.map(JobStatus::as_str);
+            let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(5);
+            if let Some(status) = &status {
+                values.push(status);
             }
+            if let Some(queue) = &filter.queue {
+                values.push(queue);
+            }
+            if let Some(function) = &filter.function {
+                values.push(function);
+            }
+            values.push(&before_seq);
+            values.push(&fetch);
+            session.query(list::Shape::of(filter).sql(), &values)
         })?;
         let has_more = rows.len() > limit;
         let jobs = rows
@@ -299,7 +311,7 @@ impl Backend for PostgresStore {
             .pool
             .run(|connection| finish.run(&mut connection.session()))?;
         self.announce_if_requeued(&finish, recorded);
-        Ok(recorded)
+        Ok(recorded.recorded)
     }
 
     /// One transaction: an error leaves the outcome unrecorded, so the caller may record it
@@ -320,14 +332,18 @@ impl Backend for PostgresStore {
                     Some(_) => None,
                     None => next_due(session)?,
                 };
-                Ok(FinishAndClaim {
+                Ok((
                     recorded,
-                    next,
-                    next_due,
-                })
+                    FinishAndClaim {
+                        recorded: recorded.recorded,
+                        next,
+                        next_due,
+                    },
+                ))
             })
         })?;
-        self.announce_if_requeued(&finish, done.recorded);
+        let (recorded, done) = done;
+        self.announce_if_requeued(&finish, recorded);
         Ok(done)
     }
 
@@ -499,25 +515,66 @@ impl Backend for PostgresStore {
         *slot = Some(watcher);
         Ok(())
     }
+
+    // --- Named queues ---
+
+    fn queues(&self) -> Result<Vec<QueueSummary>> {
+        self.pool
+            .read(|connection| queues::all(&mut connection.session()))
+    }
+
+    fn set_paused(&self, name: &str, paused: bool, now: Timestamp) -> Result<QueueSummary> {
+        let queue = self.pool.run(|connection| {
+            connection.transaction(|session| queues::set_paused(session, name, paused, now))
+        })?;
+        if !paused {
+            self.announcer.job_queued();
+        }
+        Ok(queue)
+    }
+
+    fn configure_queue(
+        &self,
+        name: &str,
+        change: &SettingsChange,
+        now: Timestamp,
+    ) -> Result<QueueSummary> {
+        let queue = self.pool.run(|connection| {
+            connection.transaction(|session| queues::configure(session, name, change, now))
+        })?;
+        self.announcer.job_queued();
+        Ok(queue)
+    }
 }
 
-/// Claims the highest-priority due job on this node in one statement.
+/// Claims the highest-priority due job on this node in one call.
 fn claim<C: postgres::GenericClient>(
     session: &mut Session<'_, C>,
     node: &str,
     now: Timestamp,
 ) -> Result<Option<Job>, Failure> {
     session
-        .query_opt(claim_next_due(), &[&now.as_micros(), &node])?
+        .query_opt(CLAIM_DUE_JOB, &[&now.as_micros(), &node])?
         .map(|row| row::job(&row))
         .transpose()
 }
 
+/// By this node's clock, as job times are.
 fn next_due<C: postgres::GenericClient>(
     session: &mut Session<'_, C>,
 ) -> Result<Option<Timestamp>, Failure> {
-    let micros: Option<i64> = session.query_one(NEXT_DUE_AT, &[])?.try_get(0)?;
+    let now = Timestamp::now().as_micros();
+    let micros: Option<i64> = session.query_one(NEXT_DUE_AT, &[&now])?.try_get(0)?;
     Ok(micros.map(Timestamp::from_micros))
+}
+
+/// What `Finish::run` did.
+#[derive(Clone, Copy)]
+struct Recorded {
+    /// The job still ran that attempt, and now has its outcome.
+    recorded: bool,
+    /// The job's queue has a `concurrency` limit: its end freed a place.
+    frees_a_place: bool,
 }
 
 /// The end of an attempt, as the model's transition says, encoded for `FINISH_ATTEMPT`.
@@ -576,8 +633,8 @@ impl Finish {
     fn run<C: postgres::GenericClient>(
         &self,
         session: &mut Session<'_, C>,
-    ) -> Result<bool, Failure> {
-        let changed = session.execute(
+    ) -> Result<Recorded, Failure> {
+        let ended = session.query_opt(
             FINISH_ATTEMPT,
             &[
                 &self.seq,
@@ -592,7 +649,16 @@ impl Finish {
                 &self.retry_at,
             ],
         )?;
-        Ok(changed > 0)
+        Ok(match ended {
+            Some(row) => Recorded {
+                recorded: true,
+                frees_a_place: row.try_get(1)?,
+            },
+            None => Recorded {
+                recorded: false,
+                frees_a_place: false,
+            },
+        })
     }
 }
 

@@ -242,7 +242,177 @@ pub const MIGRATIONS: &[&str] = &[
         created_at      BIGINT NOT NULL
      );
      CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
-     CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_seq);",
+     CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_seq);
+     -- Claims and the schedule, one call each (see `statements::CLAIM_DUE_JOB`). While no
+     -- queue restricts (a settings row that pauses or limits it), the claim is the global
+     -- search of the first migration: one branch per priority, highest first, each a seek
+     -- on `jobs_pending_by_priority`, `SKIP LOCKED`. Otherwise the queues that cannot start
+     -- a job now (paused, running `concurrency` jobs by the counters, or without a start
+     -- token) are left out, and every other queue with pending jobs is searched on
+     -- `jobs_pending_by_queue`: a left-out queue's jobs are never read. A job of a
+     -- restricting queue starts only under the lock of its `queues` row, taken `SKIP
+     -- LOCKED` (a claim never waits for another: it leaves that queue to it this time),
+     -- after which the running count and the bucket are read again in a new snapshot: so
+     -- claims of one restricted queue are serialized across nodes and its limits hold.
+     -- The bucket runs on the database's clock. Unrestricted queues take no lock.
+     CREATE FUNCTION claim_due_job(p_now BIGINT, p_node TEXT) RETURNS SETOF jobs
+        LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+     DECLARE
+        picked_seq BIGINT;
+        picked_queue TEXT;
+        picked_priority INTEGER;
+        blocked TEXT[];
+        setting queues%ROWTYPE;
+        clock BIGINT;
+        tokens_now DOUBLE PRECISION;
+        attempt_number INTEGER;
+        claimed jobs%ROWTYPE;
+     BEGIN
+        IF NOT EXISTS (SELECT 1 FROM queues WHERE paused OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL) THEN
+            SELECT seq INTO picked_seq FROM (
+                SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 9 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p9
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 8 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p8
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 7 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p7
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 6 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p6
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 5 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p5
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 4 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p4
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 3 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p3
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 2 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p2
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 1 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p1
+                UNION ALL SELECT seq FROM (SELECT seq FROM jobs
+                   WHERE status = 'pending' AND priority = 0 AND run_at <= p_now
+                   ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p0
+            ) AS due LIMIT 1;
+        ELSE
+            clock := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+            SELECT coalesce(array_agg(q.name), '{}') INTO blocked FROM queues AS q
+            WHERE q.paused
+               OR (q.concurrency IS NOT NULL AND q.concurrency <= (
+                    SELECT coalesce(sum(c.n), 0) FROM queue_counts AS c
+                    WHERE c.queue = q.name AND c.status = 'running'))
+               OR (q.rate_per_second IS NOT NULL
+                   AND least(greatest(q.rate_per_second, 1), q.tokens
+                       + greatest(clock - q.refilled_at, 0) * q.rate_per_second / 1e6)
+                       < 1 - 1e-9);
+            LOOP
+                picked_seq := NULL;
+                SELECT j.seq, j.queue, j.priority INTO picked_seq, picked_queue, picked_priority
+                FROM (SELECT queue FROM queue_counts WHERE status = 'pending'
+                      GROUP BY queue HAVING sum(n) > 0) AS open
+                CROSS JOIN generate_series(0, 9) AS p (priority)
+                CROSS JOIN LATERAL (SELECT seq, queue, priority, run_at FROM jobs
+                    WHERE status = 'pending' AND jobs.queue = open.queue
+                      AND jobs.priority = p.priority AND run_at <= p_now
+                    ORDER BY run_at, seq LIMIT 1) AS j
+                WHERE open.queue <> ALL (blocked)
+                ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1;
+                EXIT WHEN picked_seq IS NULL;
+                IF EXISTS (SELECT 1 FROM queues WHERE name = picked_queue AND (paused OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL)) THEN
+                    SELECT * INTO setting FROM queues WHERE name = picked_queue
+                        FOR UPDATE SKIP LOCKED;
+                    IF NOT FOUND OR setting.paused OR (setting.concurrency IS NOT NULL
+                        AND setting.concurrency <= (SELECT coalesce(sum(n), 0) FROM queue_counts
+                            WHERE queue = picked_queue AND status = 'running')) THEN
+                        blocked := blocked || picked_queue;
+                        CONTINUE;
+                    END IF;
+                    IF setting.rate_per_second IS NOT NULL THEN
+                        clock := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+                        tokens_now := least(greatest(setting.rate_per_second, 1), setting.tokens
+                            + greatest(clock - setting.refilled_at, 0)
+                              * setting.rate_per_second / 1e6);
+                        IF tokens_now < 1 - 1e-9 THEN
+                            blocked := blocked || picked_queue;
+                            CONTINUE;
+                        END IF;
+                    END IF;
+                ELSE
+                    setting := NULL;
+                END IF;
+                -- The best due job of that queue and priority no other claim holds.
+                SELECT seq INTO picked_seq FROM jobs
+                WHERE status = 'pending' AND queue = picked_queue AND priority = picked_priority
+                  AND run_at <= p_now
+                ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    picked_seq := NULL;
+                    blocked := blocked || picked_queue;
+                    CONTINUE;
+                END IF;
+                IF setting.rate_per_second IS NOT NULL THEN
+                    UPDATE queues SET tokens = greatest(tokens_now - 1, 0),
+                           refilled_at = greatest(clock, refilled_at)
+                    WHERE name = picked_queue;
+                END IF;
+                EXIT;
+            END LOOP;
+        END IF;
+        IF picked_seq IS NULL THEN
+            RETURN;
+        END IF;
+        INSERT INTO attempts (job_seq, attempt, status, started_at, node)
+            SELECT picked_seq, coalesce(max(attempt), 0) + 1, 'running', p_now, p_node
+            FROM attempts WHERE job_seq = picked_seq
+            RETURNING attempt INTO attempt_number;
+        UPDATE jobs SET status = 'running', started_at = p_now, finished_at = NULL,
+               result = NULL, error_message = NULL, attempt = attempt_number, node = p_node,
+               cancel_requested = false
+        WHERE seq = picked_seq RETURNING * INTO claimed;
+        RETURN NEXT claimed;
+     END $$;
+     -- When the next job may be claimed, by the node's clock `p_node_now`: the earliest
+     -- pending job, or while a queue restricts, the earliest of each queue that is neither
+     -- paused nor full, for a rate-limited one no earlier than its next token (the bucket's
+     -- time, on the database's clock, moved to the node's).
+     CREATE FUNCTION next_claimable_at(p_node_now BIGINT) RETURNS BIGINT
+        LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+     DECLARE
+        shift BIGINT;
+     BEGIN
+        IF NOT EXISTS (SELECT 1 FROM queues WHERE paused OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL) THEN
+            RETURN (SELECT min(oldest.run_at)
+                    FROM generate_series(0, 9) AS priorities (priority)
+                    CROSS JOIN LATERAL (SELECT run_at FROM jobs
+                        WHERE status = 'pending' AND jobs.priority = priorities.priority
+                        ORDER BY run_at LIMIT 1) AS oldest);
+        END IF;
+        shift := p_node_now - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        RETURN (SELECT min(greatest(earliest.run_at, CASE WHEN q.rate_per_second IS NULL THEN NULL
+                    WHEN q.tokens >= 1 - 1e-9 THEN q.refilled_at + shift
+                    ELSE q.refilled_at + shift + ceil(least(
+                        (1 - 1e-9 - q.tokens) * 1e6 / q.rate_per_second, 1e15))::bigint END))
+                FROM (SELECT queue FROM queue_counts WHERE status = 'pending'
+                      GROUP BY queue HAVING sum(n) > 0) AS open
+                LEFT JOIN queues AS q ON q.name = open.queue
+                CROSS JOIN LATERAL (SELECT min(oldest.run_at) AS run_at
+                    FROM generate_series(0, 9) AS priorities (priority)
+                    CROSS JOIN LATERAL (SELECT run_at FROM jobs
+                        WHERE status = 'pending' AND jobs.queue = open.queue
+                          AND jobs.priority = priorities.priority
+                        ORDER BY run_at LIMIT 1) AS oldest) AS earliest
+                WHERE earliest.run_at IS NOT NULL AND NOT coalesce(q.paused, false)
+                  AND NOT coalesce(q.concurrency <= (SELECT coalesce(sum(c.n), 0)
+                        FROM queue_counts AS c
+                        WHERE c.queue = open.queue AND c.status = 'running'), false));
+     END $$;",
 ];
 
 /// The advisory lock every node's migration takes (an arbitrary constant, "mlmi").

@@ -1,10 +1,7 @@
 //! Every statement the PostgreSQL backend runs on jobs, attempts and nodes. Parameters are
 //! typed as the columns are: `INTEGER` binds an `i32`, `BIGINT` an `i64`.
 
-use std::sync::OnceLock;
-
 use super::row::job_columns;
-use crate::job::MAX_PRIORITY;
 
 /// Now by the database's clock, in microseconds: leases compare heartbeats with this, so
 /// the nodes' own clocks never matter.
@@ -21,16 +18,6 @@ pub const LOCK_BY_ID: &str = concat!(
     " FROM jobs WHERE id = $1 FOR UPDATE"
 );
 pub const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = $1";
-pub const LIST_ALL: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
-);
-pub const LIST_BY_STATUS: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE status = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-);
 
 /// Stores a job in one statement (one round trip, committed before it is answered), if
 /// `$condition` holds. Returns one row if it stored the job. The other nodes hear of it from
@@ -65,51 +52,19 @@ pub const INSERT_JOB_UNDER_LIMIT: &str =
 pub const COUNTED_PENDING: &str =
     "SELECT coalesce(sum(n), 0)::bigint FROM queue_counts WHERE status = 'pending'";
 
-/// Claims the highest-priority due job: one branch per priority, highest first, each a seek
-/// on `jobs_pending_by_priority` (`priority = p AND run_at <= now`, oldest first), so future
-/// jobs cost nothing. The outer `LIMIT 1` stops at the first branch that finds a job (an
-/// `Append` runs its branches in order and is never parallel for a locking query). `SKIP
-/// LOCKED` passes over a job another claim holds, so no job goes to two claims and claims do
-/// not queue behind one another. The attempt is numbered after the job's last one.
-pub fn claim_next_due() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
-        let branches: Vec<String> = (0..=MAX_PRIORITY)
-            .rev()
-            .map(|priority| {
-                format!(
-                    "SELECT seq FROM (SELECT seq FROM jobs
-                        WHERE status = 'pending' AND priority = {priority} AND run_at <= $1
-                        ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AS p{priority}"
-                )
-            })
-            .collect();
-        format!(
-            "WITH due AS MATERIALIZED ({} LIMIT 1),
-             opened AS (
-                INSERT INTO attempts (job_seq, attempt, status, started_at, node)
-                SELECT due.seq, coalesce((SELECT max(attempt) FROM attempts
-                                          WHERE attempts.job_seq = due.seq), 0) + 1,
-                       'running', $1, $2
-                FROM due
-                RETURNING job_seq, attempt)
-             UPDATE jobs SET status = 'running', started_at = $1, finished_at = NULL,
-                    result = NULL, error_message = NULL, attempt = opened.attempt, node = $2,
-                    cancel_requested = false
-             FROM opened WHERE jobs.seq = opened.job_seq
-             RETURNING {}",
-            branches.join(" UNION ALL "),
-            job_columns!()
-        )
-    })
-}
+/// Claims the highest-priority due job of a queue that may start one now, in one call of
+/// the function migration 3 made (which says how): `SKIP LOCKED` throughout, so no job goes to
+/// two claims and claims do not queue behind one another. The attempt is numbered after the
+/// job's last one.
+pub const CLAIM_DUE_JOB: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM claim_due_job($1, $2) AS jobs"
+);
 
-/// The earliest `run_at` among pending jobs: the oldest of each priority, one index seek each.
-pub const NEXT_DUE_AT: &str = "SELECT min(oldest.run_at)
-     FROM generate_series(0, 9) AS priorities (priority)
-     CROSS JOIN LATERAL (SELECT run_at FROM jobs
-                         WHERE status = 'pending' AND jobs.priority = priorities.priority
-                         ORDER BY run_at LIMIT 1) AS oldest";
+/// When the next job may be claimed, by the node's clock `$1` (the function of migration 3):
+/// never for a paused or full queue, not before a rate-limited one's next token.
+pub const NEXT_DUE_AT: &str = "SELECT next_claimable_at($1)";
 
 /// Ends attempt `$2` of job `$1` with the status `$9` its transition says, if the job still
 /// runs that attempt: an outcome never lands on a later attempt of the same job (it was
@@ -128,14 +83,18 @@ macro_rules! finish_attempt {
                        run_at = coalesce($10::bigint, run_at),
                        node = NULL
                 WHERE seq = $1 AND status = 'running' AND attempt IS NOT DISTINCT FROM $2
-                RETURNING seq)
+                RETURNING seq, queue)
              SELECT ",
             $then,
             " FROM ended"
         )
     };
 }
-pub const FINISH_ATTEMPT: &str = finish_attempt!("seq");
+/// Also says whether the job's queue has a `concurrency` limit: the end frees a place.
+pub const FINISH_ATTEMPT: &str = finish_attempt!(
+    "seq, EXISTS (SELECT 1 FROM queues WHERE queues.name = ended.queue
+                  AND queues.concurrency IS NOT NULL)"
+);
 
 pub const STATUS_OF_ID_LOCKED: &str = "SELECT status FROM jobs WHERE id = $1 FOR UPDATE";
 pub const RESTART_JOB: &str = concat!(

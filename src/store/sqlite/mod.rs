@@ -12,6 +12,7 @@
 
 mod error;
 mod group_commit;
+mod queues;
 mod reply;
 mod row;
 mod schema;
@@ -19,19 +20,21 @@ mod write_health;
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    not_found, Backend, Cancel, FinishAndClaim, OnJobQueued, Options, Page, RunningHere, SyncMode,
+    not_found, Backend, Cancel, FinishAndClaim, JobFilter, OnJobQueued, Options, Page, RunningHere,
+    SyncMode,
 };
 use crate::error::{Error, Result, StorageFailure};
 use crate::job::{
     Attempt, AttemptDetails, AttemptEnd, AttemptStatus, Job, JobStatus, NewJob, MAX_PRIORITY,
 };
+use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit, Writer};
 use row::{RawAttempt, RawJob};
@@ -49,17 +52,10 @@ macro_rules! job_columns {
     };
 }
 
+// After `job_columns!`, which it uses.
+mod list;
+
 const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
-const LIST_ALL: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
-);
-const LIST_BY_STATUS: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE status = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-);
 /// The oldest due job of one priority. `INDEXED BY` pins the partial index (without
 /// statistics the planner would pick the status index and walk every pending job); with
 /// `priority` fixed the index is a range seek, so a million future jobs cost nothing here.
@@ -161,6 +157,9 @@ pub struct SqliteStore {
     started_at: Timestamp,
     /// Held open for its lock: no other process uses this file while the store is open.
     _owner: Flock<File>,
+    /// Told when an ended job freed a place in a queue with a `concurrency` limit, so that
+    /// an idle worker looks again (`watch_other_nodes`).
+    on_freed: OnceLock<OnJobQueued>,
 }
 
 impl SqliteStore {
@@ -189,6 +188,7 @@ impl SqliteStore {
             node: options.node.clone(),
             started_at: Timestamp::now(),
             _owner: owner,
+            on_freed: OnceLock::new(),
         })
     }
 
@@ -197,6 +197,18 @@ impl SqliteStore {
         self.reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the end of `job` frees a place in its queue that a worker may be waiting for.
+    /// Such an end is written synced, so that the woken workers' reads see the place.
+    fn frees_a_place(&self, job: &Job) -> Result<bool> {
+        queues::limits_concurrency(&self.read(), &job.queue)
+    }
+
+    fn place_freed(&self) {
+        if let Some(on_freed) = self.on_freed.get() {
+            on_freed();
+        }
     }
 }
 
@@ -270,7 +282,7 @@ impl Backend for SqliteStore {
         raw.map(RawJob::into_job).transpose()
     }
 
-    fn list(&self, status: Option<JobStatus>, before: Option<&str>, limit: usize) -> Result<Page> {
+    fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page> {
         let connection = self.read();
         let before_seq = match before {
             None => i64::MAX,
@@ -285,19 +297,7 @@ impl Backend for SqliteStore {
                 })?,
         };
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let raws = match status {
-            Some(status) => connection
-                .prepare_cached(LIST_BY_STATUS)?
-                .query_map(
-                    params![status.as_str(), before_seq, fetch],
-                    RawJob::from_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-            None => connection
-                .prepare_cached(LIST_ALL)?
-                .query_map(params![before_seq, fetch], RawJob::from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        };
+        let raws = list::page(&connection, filter, before_seq, fetch)?;
         drop(connection);
         let has_more = raws.len() > limit;
         let jobs = raws
@@ -330,13 +330,17 @@ impl Backend for SqliteStore {
         now: Timestamp,
     ) -> Result<bool> {
         let finish = Finish::new(job, end, details, now)?;
+        let write =
+            move |writer: &mut Writer<'_>| in_savepoint(writer, |writer| finish.run(writer));
+        if self.frees_a_place(job)? {
+            let recorded = self.writes.write(write)?;
+            self.place_freed();
+            return Ok(recorded);
+        }
         // Unsynced: an outcome lost in a crash leaves the job running, and the node's lease
         // recovers that attempt as interrupted. Readers see it only once committed.
-        let redo = finish.redo();
-        self.writes.write_unsynced_redone(
-            move |writer| in_savepoint(writer, |writer| finish.run(writer)),
-            redo,
-        )
+        let redo = Finish::new(job, end, details, now)?.redo();
+        self.writes.write_unsynced_redone(write, redo)
     }
 
     /// One trip through the writer per job for a busy worker. When nothing is due, also
@@ -364,9 +368,15 @@ impl Backend for SqliteStore {
             })
         };
         // A scheduled retry must be visible to every worker before one is woken for it, so
-        // that write waits for its commit; other outcomes need not.
-        let (recorded, raw, next_due) = if end.transition().retry_at.is_some() {
-            self.writes.write(write)?
+        // that write waits for its commit, as does a place freed in a limited queue; other
+        // outcomes need not.
+        let frees_a_place = self.frees_a_place(job)?;
+        let (recorded, raw, next_due) = if end.transition().retry_at.is_some() || frees_a_place {
+            let written = self.writes.write(write)?;
+            if frees_a_place {
+                self.place_freed();
+            }
+            written
         } else {
             // Should the batch fail after this is answered, the outcome is redone; the claim
             // is not (the job stays pending, and runs again).
@@ -552,35 +562,85 @@ impl Backend for SqliteStore {
         false
     }
 
-    fn watch_other_nodes(&self, _on_queued: OnJobQueued) -> Result<()> {
+    /// No other node; `on_queued` hears of places freed in limited queues.
+    fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {
+        // A second call keeps the first callback: the server makes one.
+        let _ = self.on_freed.set(on_queued);
         Ok(())
+    }
+
+    // --- Named queues ---
+
+    fn queues(&self) -> Result<Vec<QueueSummary>> {
+        queues::all(&self.read())
+    }
+
+    fn set_paused(&self, name: &str, paused: bool, now: Timestamp) -> Result<QueueSummary> {
+        let name = name.to_string();
+        self.writes
+            .write(move |writer| queues::set_paused(writer, &name, paused, now))
+    }
+
+    fn configure_queue(
+        &self,
+        name: &str,
+        change: &SettingsChange,
+        now: Timestamp,
+    ) -> Result<QueueSummary> {
+        let (name, change) = (name.to_string(), *change);
+        self.writes.write(move |writer| {
+            in_savepoint(writer, |writer| {
+                queues::configure(writer, &name, &change, now)
+            })
+        })
     }
 }
 
-/// Claims the highest-priority due job inside a write: one seek per priority, highest
-/// first, ten index lookups at worst. Two statements: the caller runs it in a savepoint.
+/// Claims the highest-priority due job inside a write. While no queue restricts, one seek
+/// per priority, highest first, ten index lookups at worst; otherwise the queues that may
+/// start a job are searched (`queues`), and a start takes its queue's token. Several
+/// statements: the caller runs it in a savepoint.
 fn claim_in(writer: &mut Writer<'_>, node: &str, now: Timestamp) -> Result<Option<RawJob>> {
     let now = now.as_micros();
+    let restrictions = queues::restrictions(writer)?;
+    let due = if restrictions.is_empty() {
+        due_anywhere(writer, now)?
+    } else {
+        queues::due_within_limits(writer, &restrictions, now, || due_anywhere(writer, now))?
+    };
+    let Some(seq) = due else {
+        return Ok(None);
+    };
+    let attempt: u32 = writer
+        .prepare_cached(INSERT_ATTEMPT)?
+        .query_row(params![seq, now, node], |row| row.get(0))?;
+    let raw = writer
+        .prepare_cached(START_ATTEMPT)?
+        .query_row(params![seq, now, attempt, node], RawJob::from_row)?;
+    queues::started(writer, &restrictions, raw.queue(), now)?;
+    writer.pending_changed(-1);
+    Ok(Some(raw))
+}
+
+/// The highest-priority, then oldest, due job of any queue.
+fn due_anywhere(connection: &Connection, now: i64) -> Result<Option<i64>> {
+    let mut statement = connection.prepare_cached(DUE_AT_PRIORITY)?;
     for priority in (0..=MAX_PRIORITY).rev() {
-        let due: Option<i64> = writer
-            .prepare_cached(DUE_AT_PRIORITY)?
+        let due: Option<i64> = statement
             .query_row(params![priority, now], |row| row.get(0))
             .optional()?;
-        if let Some(seq) = due {
-            let attempt: u32 = writer
-                .prepare_cached(INSERT_ATTEMPT)?
-                .query_row(params![seq, now, node], |row| row.get(0))?;
-            let raw = writer
-                .prepare_cached(START_ATTEMPT)?
-                .query_row(params![seq, now, attempt, node], RawJob::from_row)?;
-            writer.pending_changed(-1);
-            return Ok(Some(raw));
+        if due.is_some() {
+            return Ok(due);
         }
     }
     Ok(None)
 }
 
 fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
+    let restrictions = queues::restrictions(connection)?;
+    if !restrictions.is_empty() {
+        return queues::next_due_within_limits(connection, &restrictions);
+    }
     let micros: Option<i64> = connection
         .prepare_cached(NEXT_DUE_AT)?
         .query_row([], |row| row.get(0))?;
@@ -937,14 +997,14 @@ mod tests {
                 )
                 .unwrap();
         }
-        let first = store.list(None, None, 2).unwrap();
+        let first = store.list(&JobFilter::default(), None, 2).unwrap();
         let ids: Vec<&str> = first.jobs.iter().map(|job| job.id.as_str()).collect();
         assert_eq!((ids, first.has_more), (vec!["job-4", "job-3"], true));
-        let last = store.list(None, Some("job-1"), 2).unwrap();
+        let last = store.list(&JobFilter::default(), Some("job-1"), 2).unwrap();
         let ids: Vec<&str> = last.jobs.iter().map(|job| job.id.as_str()).collect();
         assert_eq!((ids, last.has_more), (vec!["job-0"], false));
         assert!(matches!(
-            store.list(None, Some("nope"), 2),
+            store.list(&JobFilter::default(), Some("nope"), 2),
             Err(Error::Validation(_))
         ));
     }
@@ -955,11 +1015,31 @@ mod tests {
         // Each statement must seek (SEARCH) an index on the columns it constrains; a SCAN or a
         // sort would grow with the number of jobs.
         let cases = [
-            (LIST_ALL, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid<?)"),
             (
-                LIST_BY_STATUS,
-                "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq<?)",
+                queues::DUE_IN_QUEUE,
+                "SEARCH jobs USING COVERING INDEX jobs_pending_by_queue (queue=? AND priority=? AND run_at<?)",
             ),
+            (
+                queues::EARLIEST_IN_QUEUE,
+                "SEARCH jobs USING COVERING INDEX jobs_pending_by_queue (queue=? AND priority=?)",
+            ),
+            (
+                queues::RUNNING_IN_QUEUE,
+                "SEARCH queue_counts USING PRIMARY KEY (queue=? AND status=?)",
+            ),
+            (
+                queues::COUNTS_OF_QUEUE,
+                "SEARCH queue_counts USING PRIMARY KEY (queue=?)",
+            ),
+            (
+                queues::SETTINGS_OF_QUEUE,
+                "SEARCH queues USING PRIMARY KEY (name=?)",
+            ),
+            (
+                queues::LIMITS_CONCURRENCY,
+                "SEARCH queues USING PRIMARY KEY (name=?)",
+            ),
+            (queues::TAKE_TOKEN, "SEARCH queues USING PRIMARY KEY (name=?)"),
             (
                 SELECT_BY_ID,
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
@@ -1015,6 +1095,116 @@ mod tests {
             assert!(
                 !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
                 "{sql}\n{plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_skip_paused_full_and_rate_limited_queues_and_the_schedule_agrees() {
+        use crate::queue_settings::SettingsChange;
+        let store = temp_store();
+        let at = Timestamp::from_micros;
+        for (id, queue, priority) in [
+            ("p1", "paused", 9),
+            ("c1", "capped", 5),
+            ("c2", "capped", 5),
+            ("r1", "rated", 3),
+            ("r2", "rated", 3),
+            ("o1", "open", 0),
+        ] {
+            let mut job = new_job(priority, None);
+            job.queue = queue.into();
+            store.insert(id.into(), &job, at(1)).unwrap();
+        }
+        store.set_paused("paused", true, at(1)).unwrap();
+        let limit = |concurrency, rate_per_second| SettingsChange {
+            concurrency,
+            rate_per_second,
+        };
+        store
+            .configure_queue("capped", &limit(Some(Some(1)), None), at(1))
+            .unwrap();
+        let rated = store
+            .configure_queue("rated", &limit(None, Some(Some(1.0))), at(1_000_000))
+            .unwrap();
+        assert_eq!(rated.rate_per_second, Some(1.0));
+        assert_eq!(rated.counts.pending, 2);
+        let now = at(2_000_000);
+        let claimed: Vec<Job> = std::iter::from_fn(|| store.claim_next_due(now).unwrap()).collect();
+        let ids: Vec<&str> = claimed.iter().map(|job| job.id.as_str()).collect();
+        assert_eq!(ids, ["c1", "r1", "o1"]);
+        // The rated queue's next token comes a second after its last start; nothing else may
+        // start (paused, or at its limit).
+        assert_eq!(store.next_due_at().unwrap(), Some(at(3_000_000)));
+        assert!(store.claim_next_due(at(2_999_999)).unwrap().is_none());
+        assert_eq!(
+            store.claim_next_due(at(3_000_000)).unwrap().unwrap().id,
+            "r2"
+        );
+        assert_eq!(store.next_due_at().unwrap(), None);
+        // The capped queue's running job ends: its next may start.
+        let done = AttemptEnd::Succeeded { result: json!(1) };
+        let next = store
+            .finish_and_claim_next(
+                &claimed[0],
+                &done,
+                &AttemptDetails::default(),
+                at(4_000_000),
+            )
+            .unwrap();
+        assert_eq!(next.next.map(|job| job.id).as_deref(), Some("c2"));
+        store.set_paused("paused", false, at(5_000_000)).unwrap();
+        assert_eq!(store.next_due_at().unwrap(), Some(at(1)));
+        assert_eq!(
+            store.claim_next_due(at(5_000_000)).unwrap().unwrap().id,
+            "p1"
+        );
+        let names: Vec<(String, u64, u64)> = store
+            .queues()
+            .unwrap()
+            .into_iter()
+            .map(|queue| (queue.name, queue.counts.running, queue.counts.success))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("capped".to_string(), 1, 1),
+                ("open".to_string(), 1, 0),
+                ("paused".to_string(), 1, 0),
+                ("rated".to_string(), 2, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_combination_of_list_filters_is_an_ordered_index_seek() {
+        let store = temp_store();
+        for shape in list::Shape::ALL {
+            let sql = shape.sql();
+            let plan = plan(&store, sql);
+            let expected = match (shape.status, shape.queue, shape.function) {
+                (false, false, false) => "SEARCH jobs USING INTEGER PRIMARY KEY (rowid<?)",
+                (true, false, false) => {
+                    "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq<?)"
+                }
+                (_, true, false) => {
+                    "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND status=? AND seq<?)"
+                }
+                (_, _, true) => {
+                    "SEARCH jobs USING INDEX jobs_by_function (function=? AND status=? AND seq<?)"
+                }
+            };
+            let seeks = plan.lines().filter(|line| *line == expected).count();
+            // Without a status, one seek per status, merged.
+            let arms = if shape.status || !(shape.queue || shape.function) {
+                1
+            } else {
+                JobStatus::ALL.len()
+            };
+            assert_eq!(seeks, arms, "{shape:?}: {sql}\n{plan}");
+            assert!(
+                !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
+                "{shape:?}: {sql}\n{plan}"
             );
         }
     }

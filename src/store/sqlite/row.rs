@@ -36,6 +36,10 @@ impl RawJob {
         self.status == "pending"
     }
 
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {
         Ok(RawJob {
             id: row.get(0)?,
