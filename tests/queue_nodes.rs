@@ -95,8 +95,11 @@ fn three_nodes_never_run_more_than_a_queues_concurrency_together() {
     };
     let nodes: Vec<TestServer> = ["qa", "qb", "qc"]
         .iter()
-        .map(|id| node(&database, id, 3))
+        .map(|id| node(&database, id, 2))
         .collect();
+    // Six workers for three places: the limit is what stops them, and no node alone can
+    // fill the places (a worker that ends a job claims the next in the same transaction,
+    // so a node that holds places tends to keep them).
     let set = put_json(&nodes[0], "/queues/shared", &json!({"concurrency": 3}));
     assert_eq!(set.status, 200, "{}", set.text());
     let ids: Vec<String> = (0..30)
@@ -147,11 +150,12 @@ fn a_resume_on_one_node_wakes_the_workers_of_the_others() {
         return;
     };
     let busy = node(&database, "busy", 1);
-    let idle = node(&database, "idle", 1);
     assert_eq!(busy.post_empty("/queues/held/pause").status, 200);
-    // The node that resumes has no free worker: the other node must run the jobs.
-    let long = busy.submit(json!({"payload": {"duration_ms": 20_000}}));
+    // The node that resumes has no free worker (started alone, it took the long job): the
+    // other node must run the held one.
+    let long = busy.submit(json!({"payload": {"duration_ms": 20_000}, "timeout_seconds": 60}));
     busy.wait_for_status(&long, "running", secs(10));
+    let idle = node(&database, "idle", 1);
     let held = idle.submit(json!({"queue": "held", "payload": {}}));
     assert_stays(secs(2), || match idle.job(&held)["status"].as_str() {
         Some("pending") => Ok(()),
