@@ -174,3 +174,127 @@ fn find_key(
         })
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::NewJob;
+    use crate::store::{test_dir::TestDir, Backend, Options};
+
+    fn store(dir: &TestDir, limit: u64) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("jobs.db"), &Options::for_test("n", limit)).unwrap()
+    }
+
+    fn rows(ids: &[&str]) -> Vec<NewRow> {
+        ids.iter()
+            .map(|id| (id.to_string(), NewJob::for_test(0, Some(1_000))))
+            .collect()
+    }
+
+    fn key(name: &str, body: &str) -> NewKey {
+        NewKey {
+            key: name.into(),
+            request_hash: format!("hash of {body}"),
+            answer: Answer {
+                status: 201,
+                body: body.into(),
+            },
+            expired_before: Timestamp::from_micros(5),
+        }
+    }
+
+    #[test]
+    fn a_key_is_stored_with_its_jobs_and_found_by_the_next_write() {
+        let dir = TestDir::new("submit-key");
+        let store = store(&dir, 0);
+        let now = Timestamp::from_micros(10);
+        let first = key("k", "first");
+        assert_eq!(
+            store
+                .insert_jobs(&rows(&["a", "b"]), Some(&first), now)
+                .unwrap(),
+            Inserted::Stored
+        );
+        let found = store
+            .insert_jobs(&rows(&["c"]), Some(&key("k", "second")), now)
+            .unwrap();
+        let stored = StoredKey {
+            request_hash: first.request_hash.clone(),
+            answer: first.answer.clone(),
+        };
+        assert_eq!(found, Inserted::KeyTaken(stored.clone()));
+        assert!(store.get("c").unwrap().is_none());
+        assert_eq!(store.idempotency_key("k", now).unwrap(), Some(stored));
+        // The key points at the batch's first job.
+        let seq_of_a = store.get("a").unwrap().unwrap().seq;
+        let job_seq: i64 = store
+            .read()
+            .query_row(
+                "SELECT job_seq FROM idempotency_keys WHERE key = 'k'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(job_seq, seq_of_a);
+        // Once it is older than `expired_before`, the key is absent and replaced.
+        assert_eq!(
+            store
+                .idempotency_key("k", Timestamp::from_micros(11))
+                .unwrap(),
+            None
+        );
+        let later = NewKey {
+            expired_before: Timestamp::from_micros(11),
+            ..key("k", "third")
+        };
+        assert_eq!(
+            store
+                .insert_jobs(&rows(&["d"]), Some(&later), Timestamp::from_micros(20))
+                .unwrap(),
+            Inserted::Stored
+        );
+        assert_eq!(
+            store
+                .idempotency_key("k", Timestamp::from_micros(20))
+                .unwrap()
+                .unwrap()
+                .answer
+                .body,
+            "third"
+        );
+    }
+
+    #[test]
+    fn a_batch_past_the_pending_limit_stores_nothing_not_even_its_key() {
+        let dir = TestDir::new("submit-limit");
+        let store = store(&dir, 3);
+        let now = Timestamp::from_micros(10);
+        store.insert_jobs(&rows(&["a", "b"]), None, now).unwrap();
+        assert!(matches!(
+            store.insert_jobs(&rows(&["c", "d"]), Some(&key("k", "x")), now),
+            Err(Error::QueueFull { limit: 3 })
+        ));
+        assert!(store.get("c").unwrap().is_none());
+        assert_eq!(store.idempotency_key("k", now).unwrap(), None);
+        assert_eq!(store.writes.pending(), 2);
+        store
+            .insert_jobs(&rows(&["c"]), Some(&key("k", "x")), now)
+            .unwrap();
+        assert_eq!(store.writes.pending(), 3);
+    }
+
+    #[test]
+    fn the_key_is_found_by_its_primary_key() {
+        let dir = TestDir::new("submit-plan");
+        let store = store(&dir, 0);
+        let connection = store.read();
+        let plan: Vec<String> = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {FRESH_KEY}"))
+            .unwrap()
+            .query_map(params!["k", 0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(plan, ["SEARCH idempotency_keys USING PRIMARY KEY (key=?)"]);
+    }
+}
