@@ -51,6 +51,10 @@ pub enum Error {
     /// A submit found `limit` jobs pending already (`MAX_PENDING_JOBS`); nothing was stored.
     /// The client should try again later, when workers have taken some.
     QueueFull { limit: u64 },
+    /// A submit's `Idempotency-Key` was used within `IDEMPOTENCY_TTL_SECONDS` by a request
+    /// with another body (or to another route); nothing was stored. The client must use a new
+    /// key for a new request.
+    IdempotencyKeyReused(String),
     /// The database failed; `kind` says how. The detail (the database's own message) is
     /// logged, never sent to a client.
     Storage {
@@ -123,6 +127,7 @@ impl fmt::Display for Error {
             | Error::HeaderTooLarge(message)
             | Error::RequestTimeout(message)
             | Error::Unauthorized(message)
+            | Error::IdempotencyKeyReused(message)
             | Error::CorruptRow(message)
             | Error::Internal(message)
             | Error::DatabaseUnusable(message)

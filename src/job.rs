@@ -382,6 +382,11 @@ const SUBMIT_FIELDS: [&str; 8] = [
 ];
 
 impl NewJob {
+    /// Whether `name` is a field of a submit body.
+    pub fn is_field(name: &str) -> bool {
+        SUBMIT_FIELDS.contains(&name)
+    }
+
     /// Validates a submit body. `now` anchors `delay_seconds`.
     pub fn from_json(body: Value, defaults: JobDefaults, now: Timestamp) -> Result<NewJob> {
         let Value::Object(mut fields) = body else {

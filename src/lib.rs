@@ -15,6 +15,7 @@ pub mod error;
 mod executor;
 mod functions;
 mod http;
+mod idempotency;
 mod job;
 mod queue;
 mod queue_settings;

@@ -9,6 +9,7 @@
 //! ones requested here, passes the store's `job_ended`, below both paths.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::info;
 use serde_json::Value;
@@ -16,20 +17,37 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::executor::simulation::Simulation;
 use crate::functions::Functions;
+use crate::idempotency::Idempotency;
 use crate::job::{queue_name, Attempt, Job, JobDefaults, JobStatus, NewJob};
 use crate::job::{AttemptDetails, AttemptEnd};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::running::RunningAttempts;
-use crate::store::FinishAndClaim;
 use crate::store::Store;
+use crate::store::{FinishAndClaim, Inserted, NewKey, NewRow, StoredKey};
 use crate::time::Timestamp;
 use crate::worker::{Jobs, Waker};
 
-pub use crate::store::{Cancel, JobFilter, Page};
+pub use crate::store::{Answer, Cancel, JobFilter, Page};
 
 /// Where the lines below are logged: the module that logged them before this layer existed,
 /// so that `RUST_LOG` filters and log readers see them as before.
 const LOG_TARGET: &str = "mini_lambda_rust::http::handlers";
+
+/// The most jobs one batch submit may hold.
+pub const MAX_BATCH_JOBS: usize = 1000;
+
+/// `IDEMPOTENCY_TTL_SECONDS`'s default, for a queue built without the configuration.
+const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
+
+/// What a submit did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// New jobs are stored; this is what to answer (and what their key, if any, keeps).
+    Created(Answer),
+    /// The request repeats an earlier one with the same key and fingerprint: nothing was
+    /// stored, and this is the earlier answer, as it was.
+    Replayed(Answer),
+}
 
 pub struct Queue {
     store: Arc<Store>,
@@ -43,6 +61,8 @@ pub struct Queue {
     defaults: JobDefaults,
     /// This node's id: an attempt running here can be stopped here.
     node: String,
+    /// How long a submit's idempotency key is remembered.
+    idempotency_ttl: Duration,
 }
 
 impl Queue {
@@ -61,6 +81,7 @@ impl Queue {
             functions,
             defaults,
             node,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
         }
     }
 
@@ -74,10 +95,56 @@ impl Queue {
         self.store.writes_ok()
     }
 
-    /// Validates a submit request, stores the job and wakes a worker if one is needed.
-    /// Returns the new job's id once the job is durable; it is `pending`.
-    pub fn submit(&self, body: Value) -> Result<String> {
+    // -- Submits: one job, a batch, idempotency keys --------------------------------------
+
+    /// How long a submit's idempotency key is remembered (`IDEMPOTENCY_TTL_SECONDS`; a day
+    /// unless this is called).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Queue {
+        self.idempotency_ttl = ttl;
+        self
+    }
+
+    /// Validates a submit request (`POST /jobs`), stores the job and wakes a worker if one is
+    /// needed. `answer` makes what the client is told from the new job's id; it is stored with
+    /// `key`, if one is given, and a later request with the same key and fingerprint gets it
+    /// again, without a new job (also if the first is still being committed: it waits).
+    pub fn submit(
+        &self,
+        body: Value,
+        key: Option<&Idempotency>,
+        answer: impl FnOnce(&[String]) -> Result<Answer>,
+    ) -> Result<Submitted> {
         let now = Timestamp::now();
+        if let Some(replayed) = self.replay(key, now)? {
+            return Ok(replayed);
+        }
+        let job = self.validate(body, now)?;
+        self.store_jobs(vec![job], key, now, answer)
+    }
+
+    /// `submit` for `{"jobs": [<submit body>, ...]}` (`POST /jobs/batch`): 1 to
+    /// [`MAX_BATCH_JOBS`] jobs, stored all or none in one transaction. An invalid item is a
+    /// validation error naming it (`jobs[3].priority ...`); the pending limit applies to the
+    /// batch as a whole. `answer` gets the ids in request order.
+    pub fn submit_batch(
+        &self,
+        body: Value,
+        key: Option<&Idempotency>,
+        answer: impl FnOnce(&[String]) -> Result<Answer>,
+    ) -> Result<Submitted> {
+        let now = Timestamp::now();
+        if let Some(replayed) = self.replay(key, now)? {
+            return Ok(replayed);
+        }
+        let jobs = batch_items(body)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| self.validate(item, now).map_err(|err| in_item(index, err)))
+            .collect::<Result<Vec<_>>>()?;
+        self.store_jobs(jobs, key, now, answer)
+    }
+
+    fn validate(&self, body: Value, now: Timestamp) -> Result<NewJob> {
         let job = NewJob::from_json(body, self.defaults, now)?;
         match &job.function {
             Some(name) => {
@@ -92,15 +159,74 @@ impl Queue {
                 Simulation::from_payload(&job.payload)?;
             }
         }
+        Ok(job)
+    }
+
+    /// The answer to replay if `key` was stored (committed) by an earlier request, looked up
+    /// before the body is validated: a repeat is answered as the first was even if the same
+    /// body would not be accepted now (its function since removed, the queue full).
+    fn replay(&self, key: Option<&Idempotency>, now: Timestamp) -> Result<Option<Submitted>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        self.store
+            .idempotency_key(&key.key, self.fresh_since(now))?
+            .map(|stored| replayed(key, stored))
+            .transpose()
+    }
+
+    fn fresh_since(&self, now: Timestamp) -> Timestamp {
+        let ttl = i64::try_from(self.idempotency_ttl.as_micros()).unwrap_or(i64::MAX);
+        Timestamp::from_micros(now.as_micros().saturating_sub(ttl))
+    }
+
+    /// Stores the jobs (with the key) and wakes one worker once they are committed; a woken
+    /// worker that takes a job wakes the next while more are due.
+    fn store_jobs(
+        &self,
+        jobs: Vec<NewJob>,
+        key: Option<&Idempotency>,
+        now: Timestamp,
+        answer: impl FnOnce(&[String]) -> Result<Answer>,
+    ) -> Result<Submitted> {
         // Time-ordered (v7), so each new id lands at the end of the id index. Random (v4) ids
         // put every insert on a random index page: once the index outgrew the cache, each job
         // cost several 4 KiB WAL frames and about a third of the submit rate.
-        let id = uuid::Uuid::now_v7().to_string();
-        self.store.insert(id.clone(), &job, now)?;
-        info!(target: LOG_TARGET, "job {id} submitted");
-        self.waker.job_queued(job.run_at.unwrap_or(now));
-        Ok(id)
+        let rows: Vec<NewRow> = jobs
+            .into_iter()
+            .map(|job| (uuid::Uuid::now_v7().to_string(), job))
+            .collect();
+        let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+        let answer = answer(&ids)?;
+        let new_key = key.map(|key| NewKey {
+            key: key.key.clone(),
+            request_hash: key.fingerprint.clone(),
+            answer: answer.clone(),
+            expired_before: self.fresh_since(now),
+        });
+        if let Inserted::KeyTaken(stored) = self.store.insert_jobs(&rows, new_key.as_ref(), now)? {
+            // Only reached with a key: the request it repeats committed while this one ran.
+            return match key {
+                Some(key) => replayed(key, stored),
+                None => Err(Error::Internal("a submit without a key found one".into())),
+            };
+        }
+        match ids.as_slice() {
+            [id] => info!(target: LOG_TARGET, "job {id} submitted"),
+            [first, .., last] => info!(
+                target: LOG_TARGET,
+                "batch of {} jobs submitted: {first} to {last}",
+                ids.len()
+            ),
+            [] => {}
+        }
+        if let Some(due) = rows.iter().map(|(_, job)| job.run_at.unwrap_or(now)).min() {
+            self.waker.job_queued(due);
+        }
+        Ok(Submitted::Created(answer))
     }
+
+    // -- end of submits ---------------------------------------------------------------------
 
     pub fn get(&self, id: &str) -> Result<Job> {
         let id = canonical_id(id)?;
@@ -251,4 +377,85 @@ pub fn canonical_id(id: &str) -> Result<String> {
 
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("no job with id {id:?}"))
+}
+
+/// The answer stored under `key`, if the request is the one that stored it.
+fn replayed(key: &Idempotency, stored: StoredKey) -> Result<Submitted> {
+    if stored.request_hash != key.fingerprint {
+        return Err(Error::IdempotencyKeyReused(format!(
+            "Idempotency-Key {:?} was used for a request with another body or route within IDEMPOTENCY_TTL_SECONDS; send a new key with a new request",
+            key.key
+        )));
+    }
+    info!(target: LOG_TARGET, "replayed the answer to Idempotency-Key {:?}", key.key);
+    Ok(Submitted::Replayed(stored.answer))
+}
+
+/// The items of a batch body, `{"jobs": [...]}`, checked for count and shape.
+fn batch_items(body: Value) -> Result<Vec<Value>> {
+    let Value::Object(mut fields) = body else {
+        return Err(Error::Validation(
+            "the request body must be a JSON object with a \"jobs\" array".into(),
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|name| name.as_str() != "jobs") {
+        return Err(Error::Validation(format!(
+            "unknown field {unknown:?}; the only allowed field is jobs"
+        )));
+    }
+    let items = match fields.remove("jobs") {
+        Some(Value::Array(items)) => items,
+        None | Some(Value::Null) => {
+            return Err(Error::Validation(format!(
+                "jobs is required: an array of 1 to {MAX_BATCH_JOBS} submit bodies"
+            )))
+        }
+        Some(other) => {
+            return Err(Error::Validation(format!(
+                "jobs must be an array of 1 to {MAX_BATCH_JOBS} submit bodies, got {}",
+                json_type(&other)
+            )))
+        }
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_JOBS {
+        return Err(Error::Validation(format!(
+            "jobs must hold 1 to {MAX_BATCH_JOBS} submit bodies, got {}",
+            items.len()
+        )));
+    }
+    if let Some(index) = items.iter().position(|item| !item.is_object()) {
+        return Err(Error::Validation(format!(
+            "jobs[{index}] must be a JSON object with a \"payload\" field"
+        )));
+    }
+    Ok(items)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An item's validation error, naming the item: `jobs[3].priority must be ...` for a message
+/// about a field (or a payload key), `jobs[3]: unknown field ...` for others.
+fn in_item(index: usize, err: Error) -> Error {
+    let name = |message: String| {
+        let first_word = message.split([' ', '.']).next().unwrap_or_default();
+        if NewJob::is_field(first_word) {
+            format!("jobs[{index}].{message}")
+        } else {
+            format!("jobs[{index}]: {message}")
+        }
+    };
+    match err {
+        Error::Validation(message) => Error::Validation(name(message)),
+        Error::UnknownFunction(message) => Error::UnknownFunction(name(message)),
+        other => other,
+    }
 }

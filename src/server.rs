@@ -80,14 +80,17 @@ pub fn run(
         max_retries: config.default_max_retries,
     };
     let (waker, wakeups) = Waker::for_workers(config.worker_count);
-    let queue = Arc::new(Queue::new(
-        Arc::clone(&store),
-        waker.clone(),
-        Arc::clone(&running),
-        functions.clone(),
-        defaults,
-        config.node_id.clone(),
-    ));
+    let queue = Arc::new(
+        Queue::new(
+            Arc::clone(&store),
+            waker.clone(),
+            Arc::clone(&running),
+            functions.clone(),
+            defaults,
+            config.node_id.clone(),
+        )
+        .with_idempotency_ttl(config.idempotency_ttl),
+    );
     // The port first: a node that cannot serve (the address is taken) must not have claimed
     // jobs from a queue other nodes share.
     let server = HttpServer::start(&config, Arc::clone(&queue), functions)?;

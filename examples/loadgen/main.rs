@@ -15,6 +15,7 @@
 //! ```
 
 mod bare;
+mod batch;
 mod client;
 mod db;
 mod error;
@@ -49,7 +50,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
   --full          the figures of the performance issue (default; a few minutes)
   --quick         the same phases, smaller (under a minute)
   --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
-                  pg-submit, pg-end-to-end
+                  batch, pg-submit, pg-end-to-end, pg-batch
   --server PATH   the server binary (default: target/release/mini-lambda-rust)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
@@ -58,15 +59,17 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
     they are skipped when it does not answer or the server was built without --features postgres";
 
 /// The phases in the order they run; `--only` names them.
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 10] = [
     "ceiling",
     "submit",
     "normal",
     "end-to-end",
     "dispatch",
     "scale",
+    "batch",
     "pg-submit",
     "pg-end-to-end",
+    "pg-batch",
 ];
 
 fn main() -> ExitCode {
@@ -205,7 +208,12 @@ fn run(options: Options) -> Result<bool> {
     if wanted("scale") {
         results.scale = phase("scale", &mut bench, failures, phases::scale);
     }
-    if (wanted("pg-submit") || wanted("pg-end-to-end")) && !interrupt::requested() {
+    if wanted("batch") {
+        results.batch = phase("batch", &mut bench, failures, batch::sqlite);
+    }
+    if (wanted("pg-submit") || wanted("pg-end-to-end") || wanted("pg-batch"))
+        && !interrupt::requested()
+    {
         eprintln!("postgres: looking for a usable PostgreSQL");
         match pg_phases::available(&bench) {
             Ok(Ok(postgres)) => bench.postgres = Some(postgres),
@@ -229,6 +237,9 @@ fn run(options: Options) -> Result<bool> {
         if wanted("pg-end-to-end") {
             results.pg_end_to_end =
                 phase("pg-end-to-end", &mut bench, failures, pg_phases::end_to_end);
+        }
+        if wanted("pg-batch") {
+            results.pg_batch = phase("pg-batch", &mut bench, failures, batch::postgres);
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Results {
     pub scale: Option<Scale>,
     pub pg_submit: Option<PgSubmit>,
     pub pg_end_to_end: Option<PgEndToEnd>,
+    pub batch: Option<crate::batch::Batches>,
+    pub pg_batch: Option<crate::batch::Batches>,
     /// Why the PostgreSQL phases did not run (no server answering, a binary without the
     /// feature); their rows say so instead of ERROR.
     pub postgres_unavailable: Option<String>,
@@ -83,7 +85,7 @@ enum Target {
 /// How the ratio reads: a share of the ceiling for rates, a multiple of the baseline otherwise.
 #[derive(Clone, Copy, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum RatioStyle {
+pub(crate) enum RatioStyle {
     #[default]
     Percent,
     Times,
@@ -113,7 +115,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(
+    pub(crate) fn new(
         key: &'static str,
         figure: impl Into<String>,
         value: Option<f64>,
@@ -138,7 +140,12 @@ impl Row {
         }
     }
 
-    fn baseline(mut self, of: &'static str, value: Option<f64>, style: RatioStyle) -> Row {
+    pub(crate) fn baseline(
+        mut self,
+        of: &'static str,
+        value: Option<f64>,
+        style: RatioStyle,
+    ) -> Row {
         self.baseline_of = Some(of);
         self.baseline = value;
         self.ratio_style = style;
@@ -151,7 +158,7 @@ impl Row {
         self
     }
 
-    fn errors(mut self, errors: u64, first: Option<&str>) -> Row {
+    pub(crate) fn errors(mut self, errors: u64, first: Option<&str>) -> Row {
         self.errors += errors;
         if let Some(first) = first.filter(|_| errors > 0) {
             self.add_note(format!("first error: {first}"));
@@ -228,7 +235,13 @@ pub fn rows(results: &Results, plan: &Plan) -> Vec<Row> {
     rows.extend(dispatch_rows(results));
     rows.extend(memory_rows(results, plan));
     rows.extend(scale_rows(results, plan));
+    rows.extend(crate::batch::rows("batch", "batch", results.batch.as_ref()));
     rows.extend(postgres_rows(results));
+    rows.extend(crate::batch::rows(
+        "pg_batch",
+        "PostgreSQL batch",
+        results.pg_batch.as_ref(),
+    ));
     // The reason for skipping the PostgreSQL rows is said once, on the first of them.
     let mut skipped_first: Option<&'static str> = None;
     rows.into_iter()
@@ -254,6 +267,8 @@ fn phase_of(key: &str) -> &'static str {
     match key {
         "submit_64_normal" | "submit_full_vs_normal" => "normal",
         _ if key.starts_with("pg_end_to_end") => "pg-end-to-end",
+        _ if key.starts_with("pg_batch") => "pg-batch",
+        _ if key.starts_with("batch") => "batch",
         _ if key.starts_with("pg_") => "pg-submit",
         _ if key.starts_with("ceiling_paired") => "submit",
         _ if key.starts_with("ceiling") => "ceiling",

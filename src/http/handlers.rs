@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::functions::Functions;
@@ -76,25 +75,6 @@ pub fn health(state: &AppState) -> ApiResponse {
             down("writes_failing")
         }
     }
-}
-
-/// The `201` body of `POST /jobs`.
-#[derive(Serialize)]
-struct Submitted<'a> {
-    job_id: &'a str,
-    status: JobStatus,
-}
-
-pub fn submit(state: &AppState, body: Value) -> Result<ApiResponse> {
-    let id = state.queue.submit(body)?;
-    Ok(ApiResponse::json(
-        201,
-        &Submitted {
-            job_id: &id,
-            status: JobStatus::Pending,
-        },
-    )
-    .with_header("Location", format!("/jobs/{id}")))
 }
 
 pub fn functions(state: &AppState) -> ApiResponse {

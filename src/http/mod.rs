@@ -19,6 +19,7 @@ mod request;
 mod response;
 mod routes;
 mod socket;
+mod submit;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

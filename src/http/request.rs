@@ -19,15 +19,16 @@ pub struct BodyLimits {
     pub patience: Duration,
 }
 
-/// Reads and parses a JSON body of at most `limits.max_bytes` bytes, sets `body_read` once
-/// it was read to its end. A missing `Content-Type` is taken as JSON (handy with plain curl);
-/// any other declared type is refused.
-pub fn read_json_body(
+/// Reads a JSON body of at most `limits.max_bytes` bytes as sent (the bytes an idempotency
+/// fingerprint is taken of), sets `body_read` once it was read to its end. A missing
+/// `Content-Type` is taken as JSON (handy with plain curl); any other declared type is
+/// refused. [`parse_json`] parses it.
+pub fn read_json_bytes(
     request: &mut tiny_http::Request,
     framing: &Body,
     limits: BodyLimits,
     body_read: &mut bool,
-) -> Result<Value> {
+) -> Result<Vec<u8>> {
     if let Some(content_type) = request.headers().get("Content-Type") {
         check_json_media_type(content_type.as_str())?;
     }
@@ -73,7 +74,7 @@ pub fn read_json_body(
         )));
     }
     *body_read = true;
-    parse_json(&body)
+    Ok(body)
 }
 
 fn body_too_slow(patience: Duration) -> Error {

@@ -182,6 +182,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::InvalidState(_) => (409, "invalid_state"),
         Error::PayloadTooLarge { .. } => (413, "payload_too_large"),
         Error::QueueFull { .. } => (429, "queue_full"),
+        Error::IdempotencyKeyReused(_) => (422, "idempotency_key_reused"),
         Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
         Error::Unavailable(_) => (503, "unavailable"),
         Error::BadRequest(_) => (400, "bad_request"),

@@ -10,8 +10,9 @@ use crate::http::framing::Body;
 use crate::http::handlers::{self, AppState};
 use crate::http::openapi;
 use crate::http::queues;
-use crate::http::request::{read_json_body, BodyLimits};
+use crate::http::request::{parse_json, read_json_bytes, BodyLimits};
 use crate::http::response::ApiResponse;
+use crate::http::submit;
 
 /// Every (method, path template) pair the router answers; `{id}` stands for a job id and
 /// `{name}` for a queue name. Tests
@@ -22,6 +23,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
     ("GET", "/functions"),
     ("POST", "/jobs"),
+    ("POST", "/jobs/batch"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("DELETE", "/jobs/{id}"),
@@ -42,6 +44,7 @@ enum Endpoint<'a> {
     OpenApi,
     Functions,
     Submit,
+    SubmitBatch,
     List,
     Get(&'a str),
     Delete(&'a str),
@@ -70,17 +73,22 @@ pub fn route(
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let method = request.method().clone();
-    match resolve(&method, path)? {
+    let endpoint = resolve(&method, path)?;
+    match endpoint {
         Endpoint::Health => Ok(handlers::health(state)),
         Endpoint::OpenApi => Ok(openapi::document()),
         Endpoint::Functions => Ok(handlers::functions(state)),
-        Endpoint::Submit => {
+        Endpoint::Submit | Endpoint::SubmitBatch => {
             let limits = BodyLimits {
                 max_bytes: state.max_body_bytes,
                 patience: state.body_patience,
             };
-            let body = read_json_body(request, body, limits, body_read)?;
-            handlers::submit(state, body)
+            let key = submit::idempotency_key(request)?;
+            let body = read_json_bytes(request, body, limits, body_read)?;
+            match endpoint {
+                Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
+                _ => submit::submit_batch(state, key.as_deref(), &body),
+            }
         }
         Endpoint::List => handlers::list(state, query),
         Endpoint::Get(id) => handlers::get(state, id),
@@ -94,7 +102,7 @@ pub fn route(
                 max_bytes: state.max_body_bytes,
                 patience: state.body_patience,
             };
-            let body = read_json_body(request, body, limits, body_read)?;
+            let body = parse_json(&read_json_bytes(request, body, limits, body_read)?)?;
             queues::configure(state, name, body)
         }
         Endpoint::PauseQueue(name) => queues::pause(state, name),
@@ -110,6 +118,9 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         (Method::Get, ["openapi.json"]) => Ok(Endpoint::OpenApi),
         (Method::Get, ["functions"]) => Ok(Endpoint::Functions),
         (Method::Post, ["jobs"]) => Ok(Endpoint::Submit),
+        // Before `["jobs", id]`: "batch" is no job id (ids are UUIDs).
+        (Method::Post, ["jobs", "batch"]) => Ok(Endpoint::SubmitBatch),
+        (_, ["jobs", "batch"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
         (Method::Get, ["jobs"]) => Ok(Endpoint::List),
         (Method::Get, ["jobs", id]) => Ok(Endpoint::Get(id)),
         (Method::Delete, ["jobs", id]) => Ok(Endpoint::Delete(id)),

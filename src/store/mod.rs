@@ -126,6 +126,46 @@ pub struct RunningHere {
     pub cancel_requested: bool,
 }
 
+// -- Submits and their idempotency keys ---------------------------------------------------
+
+/// A job to store: its id and what was submitted.
+pub type NewRow = (String, NewJob);
+
+/// An idempotency key to store with the jobs of a submit, in the same transaction.
+pub struct NewKey {
+    pub key: String,
+    /// The fingerprint of the request (`idempotency::Idempotency`).
+    pub request_hash: String,
+    /// What the submit is answered, repeated to every later request with the key.
+    pub answer: Answer,
+    /// A key stored before this is expired: it counts as absent, and is replaced.
+    pub expired_before: Timestamp,
+}
+
+/// What a submit was answered, as its key keeps it: the status and the body, byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A key found stored (and not expired).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    pub request_hash: String,
+    pub answer: Answer,
+}
+
+/// What `insert_jobs` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The jobs (and the key, if one was given) are committed.
+    Stored,
+    /// The key was stored already, by an earlier request (committed before this one's turn):
+    /// nothing was written.
+    KeyTaken(StoredKey),
+}
+
 /// Called when another node may have queued a job (PostgreSQL's `LISTEN/NOTIFY`, or a poll).
 pub type OnJobQueued = Box<dyn Fn() + Send + Sync>;
 
@@ -138,8 +178,30 @@ pub trait Backend: Send + Sync {
     /// Whether writes reach the database's storage: `Err(Unavailable)` while they fail.
     fn writes_ok(&self) -> Result<()>;
 
-    /// Stores a new pending job; returns once it is committed. `QueueFull` beyond the limit.
-    fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()>;
+    // -- Submits (insert_jobs, idempotency_key) ------------------------------------------
+
+    /// Stores new pending jobs, all or none, in one transaction with `key` if one is given;
+    /// returns once they are committed. `QueueFull` if they would take the pending jobs past
+    /// the limit. A key stored already (and not expired) makes it write nothing and return
+    /// `KeyTaken`; a request with the same key still being committed is waited for.
+    fn insert_jobs(
+        &self,
+        jobs: &[NewRow],
+        key: Option<&NewKey>,
+        now: Timestamp,
+    ) -> Result<Inserted>;
+
+    /// The key as stored, if it was stored at or after `fresh_since` (committed ones only).
+    fn idempotency_key(&self, key: &str, fresh_since: Timestamp) -> Result<Option<StoredKey>>;
+
+    /// Stores one new pending job without a key (`insert_jobs` of one), for the unit tests.
+    #[cfg(test)]
+    fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
+        self.insert_jobs(&[(id, job.clone())], None, now)
+            .map(|_| ())
+    }
+
+    // -- end of submits ---------------------------------------------------------------------
 
     fn get(&self, id: &str) -> Result<Option<Job>>;
 
@@ -285,6 +347,21 @@ impl Store {
         self.backend.writes_ok()
     }
 
+    pub fn insert_jobs(
+        &self,
+        jobs: &[NewRow],
+        key: Option<&NewKey>,
+        now: Timestamp,
+    ) -> Result<Inserted> {
+        self.backend.insert_jobs(jobs, key, now)
+    }
+
+    pub fn idempotency_key(&self, key: &str, fresh_since: Timestamp) -> Result<Option<StoredKey>> {
+        self.backend.idempotency_key(key, fresh_since)
+    }
+
+    /// One job without a key, for the unit tests.
+    #[cfg(test)]
     pub fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
         self.backend.insert(id, job, now)
     }

@@ -16,6 +16,7 @@ mod queues;
 mod row;
 mod schema;
 mod statements;
+mod submit;
 #[cfg(test)]
 mod tests;
 
@@ -28,11 +29,11 @@ use postgres::types::ToSql;
 use postgres::Client;
 
 use super::{
-    not_found, Backend, Cancel, FinishAndClaim, JobFilter, OnJobQueued, Options, Page, RunningHere,
-    SyncMode,
+    not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow, OnJobQueued,
+    Options, Page, RunningHere, StoredKey, SyncMode,
 };
 use crate::error::{Error, Result, StorageFailure};
-use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
+use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use error::Failure;
@@ -40,13 +41,14 @@ use notify::{Announcer, Watcher};
 use pool::{Pool, Session};
 use statements::*;
 
-/// How far below `MAX_PENDING_JOBS` the pending count must be for a submit to take the fast
-/// way, which does not wait for the submits in flight with it. That way passes the limit only
-/// if more than this many submits (across all nodes) are in flight at one moment, each
-/// between its read of the counters and its commit, while the count is within this margin
-/// of the limit; each connection has at most one submit in flight, so a deployment whose
-/// nodes' `DATABASE_POOL_SIZE` add up to no more than this never passes it, and one with
-/// more passes it by at most the excess.
+/// How far below `MAX_PENDING_JOBS` the pending count must be, beyond the room a submit's own
+/// jobs need, for the submit to take the fast way, which does not wait for the submits in
+/// flight with it. That way passes the limit only if more than this many jobs (across all
+/// nodes; a batch counts all its jobs) are in flight at one moment, each between its read of
+/// the counters and its commit, while the count is within this margin of the limit; each
+/// connection has at most one submit in flight, so a deployment whose nodes'
+/// `DATABASE_POOL_SIZE` add up to no more than this never passes it with single submits, and
+/// one with more, or with batches, passes it by at most the jobs in flight beyond it.
 const PENDING_MARGIN: i64 = 1024;
 
 /// How long sent data may stay unacknowledged by the database host before the connection
@@ -170,67 +172,38 @@ impl Backend for PostgresStore {
         })
     }
 
-    /// Without a limit, one statement. With one, the pending jobs are read from the counters
-    /// the triggers keep, not counted, under the pending-limit lock, in one of two ways:
+    // -- Submits (in `submit`) -----------------------------------------------------------
+
+    /// The jobs are one statement, in a transaction with the key if there is one. Without a
+    /// limit, no lock. With one, the pending jobs are read from the counters the triggers
+    /// keep, not counted, under the pending-limit lock, in one of two ways:
     ///
-    /// - Far from the limit (the counters say `PENDING_MARGIN` more would still fit), the
-    ///   lock is taken shared: submits on every node go on together, each committing on
-    ///   its own. The counters show only committed submits, so each such submit may not see
-    ///   the others in flight with it; the margin leaves room for them (see
-    ///   `PENDING_MARGIN`).
+    /// - Far from the limit (the counters say the submit's jobs and `PENDING_MARGIN` more
+    ///   would still fit), the lock is taken shared: submits on every node go on together,
+    ///   each committing on its own. The counters show only committed submits, so each such
+    ///   submit may not see the others in flight with it; the margin leaves room for them
+    ///   (see `PENDING_MARGIN`).
     /// - Otherwise the lock is taken exclusive: it waits for every submit holding it shared
-    ///   to end, and holds off new ones, so the count is exact and the limit is never passed.
+    ///   to end, and holds off new ones, so the count is exact and the limit is never passed:
+    ///   a batch of n jobs needs room for n.
     ///
-    /// Each way is one statement that commits on its own (and wakes the other nodes).
-    /// Claims, outcomes, cancels and deletes take no lock: they only leave fewer pending,
-    /// except a retry or release putting a job back, which is not held to the limit (as on
-    /// SQLite, only a submit is).
-    fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
-        let payload = serde_json::to_string(&job.payload)
-            .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
-        let run_at = job.run_at.unwrap_or(now).as_micros();
-        let (priority, max_retries, timeout_seconds) = (
-            i32::from(job.priority),
-            column_int(job.max_retries, "max_retries")?,
-            column_int(job.timeout_seconds, "timeout_seconds")?,
-        );
-        let function = job.function.as_deref();
-        let created_at = now.as_micros();
-        let queue = job.queue.as_str();
-        let params: [&(dyn ToSql + Sync); 9] = [
-            &id,
-            &payload,
-            &priority,
-            &run_at,
-            &created_at,
-            &max_retries,
-            &timeout_seconds,
-            &function,
-            &queue,
-        ];
-        let limit = self.max_pending_jobs;
-        let bound = i64::try_from(limit).unwrap_or(i64::MAX);
-        let stored = self.pool.run(|connection| {
-            let mut session = connection.session();
-            if limit == 0 {
-                session.execute(INSERT_JOB, &params)?;
-                return Ok(());
-            }
-            let far_from_limit = [&params[..], &[&PENDING_MARGIN, &bound]].concat();
-            if session.execute(INSERT_JOB_FAR_FROM_LIMIT, &far_from_limit)? > 0 {
-                return Ok(());
-            }
-            let under_limit = [&params[..], &[&bound]].concat();
-            if session.execute(INSERT_JOB_UNDER_LIMIT, &under_limit)? > 0 {
-                return Ok(());
-            }
-            Err(Error::QueueFull { limit }.into())
-        });
-        if stored.is_ok() {
-            self.announcer.job_queued();
-        }
-        stored
+    /// The other nodes are woken once the jobs are committed. Claims, outcomes, cancels and
+    /// deletes take no lock: they only leave fewer pending, except a retry or release
+    /// putting a job back, which is not held to the limit (as on SQLite, only a submit is).
+    fn insert_jobs(
+        &self,
+        jobs: &[NewRow],
+        key: Option<&NewKey>,
+        now: Timestamp,
+    ) -> Result<Inserted> {
+        self.insert_rows(jobs, key, now)
     }
+
+    fn idempotency_key(&self, key: &str, fresh_since: Timestamp) -> Result<Option<StoredKey>> {
+        self.fresh_key(key, fresh_since)
+    }
+
+    // -- end of submits ---------------------------------------------------------------------
 
     fn get(&self, id: &str) -> Result<Option<Job>> {
         if !is_storable(id) {

@@ -19,34 +19,67 @@ pub const LOCK_BY_ID: &str = concat!(
 );
 pub const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = $1";
 
-/// Stores a job in one statement (one round trip, committed before it is answered), if
-/// `$condition` holds. Returns one row if it stored the job. The other nodes hear of it from
-/// the announcer (`notify`), not from a `NOTIFY` here: a transaction that notifies holds a
-/// database-wide lock through its commit, which would make every submit wait for the others.
-macro_rules! insert_job_if {
+/// Stores jobs in one statement (one round trip, committed before it is answered unless in a
+/// transaction), if `$condition` holds: all of them or none. The jobs' columns come as arrays
+/// (`$1` to `$8`, one element per job, in request order), `$9` is their `created_at`. With the
+/// idempotency key `$10` (null for none), the key's row, claimed earlier in the transaction,
+/// gets the first job's `seq`. Returns the number of jobs stored. The condition is a scalar
+/// subquery, so it is evaluated once, not per job: the pending-limit lock is taken once and
+/// every job sees the same count. The other nodes hear of the jobs from the announcer
+/// (`notify`), not from a `NOTIFY` here: a transaction that notifies holds a database-wide
+/// lock through its commit, which would make every submit wait for the others.
+macro_rules! insert_jobs_if {
     ($condition:expr) => {
         concat!(
             "WITH added AS (
                 INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
                                   max_retries, timeout_seconds, function, queue)
-                SELECT $1::text, $2::text, 'pending', $3::integer, $4::bigint, $5::bigint,
-                       $6::integer, $7::integer, $8::text, $9::text
+                SELECT job.id, job.payload, 'pending', job.priority, job.run_at, $9::bigint,
+                       job.max_retries, job.timeout_seconds, job.function, job.queue
+                FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::integer[],
+                            $6::integer[], $7::text[], $8::text[]) WITH ORDINALITY
+                     AS job (id, payload, priority, run_at, max_retries, timeout_seconds,
+                             function, queue, position)
                 WHERE ",
             $condition,
-            " RETURNING seq)
-             SELECT seq FROM added"
+            " ORDER BY job.position
+                RETURNING seq),
+             keyed AS (
+                UPDATE idempotency_keys SET job_seq = (SELECT min(seq) FROM added)
+                WHERE key = $10::text)
+             SELECT count(*) FROM added"
         )
     };
 }
 /// Without a pending limit.
-pub const INSERT_JOB: &str = insert_job_if!("true");
-/// The fast path under a pending limit: the shared lock, and room for `$10` (the margin)
-/// more than the counters say is pending below the limit `$11`.
-pub const INSERT_JOB_FAR_FROM_LIMIT: &str =
-    insert_job_if!("pending_jobs_under_limit_lock(false) + $10::bigint < $11::bigint");
-/// The exact path: the exclusive lock, and fewer pending than the limit `$10`.
-pub const INSERT_JOB_UNDER_LIMIT: &str =
-    insert_job_if!("pending_jobs_under_limit_lock(true) < $10::bigint");
+pub const INSERT_JOBS: &str = insert_jobs_if!("true");
+/// The fast path under a pending limit: the shared lock, and room for the jobs plus `$11`
+/// (the margin) more than the counters say is pending, within the limit `$12`.
+pub const INSERT_JOBS_FAR_FROM_LIMIT: &str = insert_jobs_if!(
+    "(SELECT pending_jobs_under_limit_lock(false)) + $11::bigint + cardinality($1::text[])
+        <= $12::bigint"
+);
+/// The exact path: the exclusive lock, and room for the jobs within the limit `$11`.
+pub const INSERT_JOBS_UNDER_LIMIT: &str = insert_jobs_if!(
+    "(SELECT pending_jobs_under_limit_lock(true)) + cardinality($1::text[]) <= $11::bigint"
+);
+/// Claims an idempotency key for this transaction: stores it (`$1` to `$5`, the answer
+/// included), or replaces one stored before `$6` (expired, not yet pruned). Returns a row
+/// if it claimed the key. A key inserted by a transaction still in progress makes this wait
+/// for that transaction's end (the unique index): it then finds the key, or, if that
+/// transaction rolled back, claims it.
+pub const CLAIM_KEY: &str = "INSERT INTO idempotency_keys AS stored
+        (key, request_hash, response_status, response_body, job_seq, created_at)
+     VALUES ($1, $2, $3, $4, NULL, $5)
+     ON CONFLICT (key) DO UPDATE SET request_hash = excluded.request_hash,
+        response_status = excluded.response_status, response_body = excluded.response_body,
+        job_seq = NULL, created_at = excluded.created_at
+     WHERE stored.created_at < $6
+     RETURNING 1";
+/// The key if it was stored at or after `$2`.
+pub const FRESH_KEY: &str =
+    "SELECT request_hash, response_status, response_body FROM idempotency_keys
+     WHERE key = $1 AND created_at >= $2";
 /// The pending jobs by the counters the triggers keep (committed ones, no lock).
 #[cfg(test)]
 pub const COUNTED_PENDING: &str =

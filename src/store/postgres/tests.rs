@@ -13,7 +13,7 @@ use postgres::{Client, NoTls};
 use serde_json::json;
 
 use super::*;
-use crate::job::AttemptStatus;
+use crate::job::{AttemptStatus, NewJob};
 
 /// A schema of its own for one test; dropped (with everything in it) when the test ends.
 struct TestSchema {

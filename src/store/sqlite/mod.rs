@@ -16,6 +16,7 @@ mod queues;
 mod reply;
 mod row;
 mod schema;
+mod submit;
 mod write_health;
 
 use std::fs::File;
@@ -27,12 +28,12 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    not_found, Backend, Cancel, FinishAndClaim, JobFilter, OnJobQueued, Options, Page, RunningHere,
-    SyncMode,
+    not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow, OnJobQueued,
+    Options, Page, RunningHere, StoredKey, SyncMode,
 };
 use crate::error::{Error, Result, StorageFailure};
 use crate::job::{
-    Attempt, AttemptDetails, AttemptEnd, AttemptStatus, Job, JobStatus, NewJob, MAX_PRIORITY,
+    Attempt, AttemptDetails, AttemptEnd, AttemptStatus, Job, JobStatus, MAX_PRIORITY,
 };
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
@@ -126,10 +127,6 @@ const ATTEMPTS_OF_JOB: &str = "SELECT attempt, status, started_at, finished_at, 
 const COUNT_PENDING: &str = "SELECT count(*) FROM jobs WHERE status = 'pending'";
 /// The write `GET /health` makes when nothing else has written lately: one row, one page.
 const PROBE_WRITE: &str = "UPDATE write_probe SET probed_at = ?1 WHERE id = 1";
-const INSERT_JOB: &str = "INSERT INTO jobs
-        (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function,
-         queue)
-     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 /// Ends the job's running attempt `?7`, claimed at `?8`, with the status `?2` its transition
 /// says: a retry (`?6` set) counts one more retry and is due at `?6`. An outcome lands only on
 /// the attempt it belongs to, never on a later attempt of the same job: the job was recovered
@@ -242,36 +239,22 @@ impl Backend for SqliteStore {
         }
     }
 
-    /// The pending limit is checked in the write itself, so that concurrent submits cannot
-    /// pass it together.
-    fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
-        let payload = serde_json::to_string(&job.payload)
-            .map_err(|err| Error::Internal(format!("cannot encode payload: {err}")))?;
-        let run_at = job.run_at.unwrap_or(now).as_micros();
-        let (priority, max_retries, timeout_seconds) =
-            (job.priority, job.max_retries, job.timeout_seconds);
-        let function = job.function.clone();
-        let queue = job.queue.clone();
-        let limit = self.max_pending_jobs;
-        self.writes.write(move |writer| {
-            if limit > 0 && writer.pending_jobs() >= limit {
-                return Err(Error::QueueFull { limit });
-            }
-            writer.prepare_cached(INSERT_JOB)?.execute(params![
-                id,
-                payload,
-                priority,
-                run_at,
-                now.as_micros(),
-                max_retries,
-                timeout_seconds,
-                function,
-                queue
-            ])?;
-            writer.pending_changed(1);
-            Ok(())
-        })
+    // -- Submits (in `submit`) -----------------------------------------------------------
+
+    fn insert_jobs(
+        &self,
+        jobs: &[NewRow],
+        key: Option<&NewKey>,
+        now: Timestamp,
+    ) -> Result<Inserted> {
+        self.insert_rows(jobs, key, now)
     }
+
+    fn idempotency_key(&self, key: &str, fresh_since: Timestamp) -> Result<Option<StoredKey>> {
+        self.fresh_key(key, fresh_since)
+    }
+
+    // -- end of submits ---------------------------------------------------------------------
 
     fn get(&self, id: &str) -> Result<Option<Job>> {
         let raw = self
@@ -806,6 +789,7 @@ fn lock_file(path: &Path) -> Result<Flock<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::NewJob;
     use serde_json::json;
 
     /// A store on a fresh file in its own directory, removed when dropped.
