@@ -19,6 +19,7 @@ mod job;
 mod queue;
 mod retry;
 mod running;
+mod schemas;
 mod server;
 mod store;
 mod time;

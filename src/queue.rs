@@ -24,11 +24,15 @@ use crate::store::Store;
 use crate::time::Timestamp;
 use crate::worker::{Jobs, Waker};
 
+pub use crate::store::bulk::{BulkAction, JobFilter, MAX_FILTER_IDS};
 pub use crate::store::{Cancel, Page};
 
 /// Where the lines below are logged: the module that logged them before this layer existed,
 /// so that `RUST_LOG` filters and log readers see them as before.
 const LOG_TARGET: &str = "mini_lambda_rust::http::handlers";
+
+/// Wake-ups sent after one batch of a bulk retry: as many as there can be workers.
+const MAX_WAKEUPS_PER_BATCH: u64 = 1024;
 
 pub struct Queue {
     store: Arc<Store>,
@@ -78,19 +82,7 @@ impl Queue {
     pub fn submit(&self, body: Value) -> Result<String> {
         let now = Timestamp::now();
         let job = NewJob::from_json(body, self.defaults, now)?;
-        match &job.function {
-            Some(name) => {
-                if self.functions.resolve(name).is_none() {
-                    return Err(Error::UnknownFunction(format!(
-                        "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
-                    )));
-                }
-            }
-            // Simulation keys are checked at submit so a typo fails now, not at run time.
-            None => {
-                Simulation::from_payload(&job.payload)?;
-            }
-        }
+        self.check_runnable(&job)?;
         // Time-ordered (v7), so each new id lands at the end of the id index. Random (v4) ids
         // put every insert on a random index page: once the index outgrew the cache, each job
         // cost several 4 KiB WAL frames and about a third of the submit rate.
@@ -99,6 +91,25 @@ impl Queue {
         info!(target: LOG_TARGET, "job {id} submitted");
         self.waker.job_queued(job.run_at.unwrap_or(now));
         Ok(id)
+    }
+
+    /// What a job must pass besides its own fields before it is stored, for every way of
+    /// submitting one (single or batch): its function exists and its payload matches the
+    /// function's schema (`FUNCTIONS_DIR/NAME.schema.json`), or, simulated, its payload's
+    /// simulation keys are valid.
+    pub fn check_runnable(&self, job: &NewJob) -> Result<()> {
+        match &job.function {
+            Some(name) => {
+                if self.functions.resolve(name).is_none() {
+                    return Err(Error::UnknownFunction(format!(
+                        "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
+                    )));
+                }
+                self.functions.check_payload(name, &job.payload)
+            }
+            // Simulation keys are checked at submit so a typo fails now, not at run time.
+            None => Simulation::from_payload(&job.payload).map(|_| ()),
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Job> {
@@ -160,6 +171,30 @@ impl Queue {
             }
         }
         Ok(cancel)
+    }
+
+    // Bulk actions (`POST /jobs/retry`, `/jobs/cancel`, `/jobs/delete`).
+
+    /// Applies `action` to every job `filter` matches that it applies to, in batches (see
+    /// `store::bulk`); returns how many. As each batch commits, the attempts it cancelled or
+    /// deleted stop at once if they run here (another node's lease keeper stops its own
+    /// within a second), and the jobs it retried wake workers.
+    pub fn bulk(&self, action: BulkAction, filter: &JobFilter) -> Result<u64> {
+        let now = Timestamp::now();
+        let affected = self.store.bulk(action, filter, now, &mut |done| {
+            for job in &done.stop {
+                self.stop_attempt(job);
+            }
+            if action == BulkAction::Retry {
+                // One wake-up per job, up to one for every idle worker: the channel holds no
+                // more, and a full channel drops the rest.
+                for _ in 0..done.affected.min(MAX_WAKEUPS_PER_BATCH) {
+                    self.waker.job_queued(now);
+                }
+            }
+        })?;
+        info!(target: LOG_TARGET, "bulk {action:?} by request: {affected} jobs");
+        Ok(affected)
     }
 
     /// Stops the job's attempt if it runs on this node; the store has recorded the request for

@@ -11,15 +11,22 @@ use crate::http::handlers::{self, AppState};
 use crate::http::openapi;
 use crate::http::request::{read_json_body, BodyLimits};
 use crate::http::response::ApiResponse;
+use crate::http::{bulk, function};
+use crate::queue::BulkAction;
 
-/// Every (method, path template) pair the router answers; `{id}` stands for a job id. Tests
+/// Every (method, path template) pair the router answers; `{id}` stands for a job id and
+/// `{name}` for a function's name. Tests
 /// check it against the match in [`resolve`] and against the paths of `openapi.json`.
 #[cfg_attr(not(test), allow(dead_code))] // Read by those tests only.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/openapi.json"),
     ("GET", "/functions"),
+    ("GET", "/functions/{name}"),
     ("POST", "/jobs"),
+    ("POST", "/jobs/retry"),
+    ("POST", "/jobs/cancel"),
+    ("POST", "/jobs/delete"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("DELETE", "/jobs/{id}"),
@@ -34,7 +41,9 @@ enum Endpoint<'a> {
     Health,
     OpenApi,
     Functions,
+    Function(&'a str),
     Submit,
+    Bulk(BulkAction),
     List,
     Get(&'a str),
     Delete(&'a str),
@@ -63,13 +72,14 @@ pub fn route(
         Endpoint::Health => Ok(handlers::health(state)),
         Endpoint::OpenApi => Ok(openapi::document()),
         Endpoint::Functions => Ok(handlers::functions(state)),
+        Endpoint::Function(name) => function::function(state, name),
         Endpoint::Submit => {
-            let limits = BodyLimits {
-                max_bytes: state.max_body_bytes,
-                patience: state.body_patience,
-            };
-            let body = read_json_body(request, body, limits, body_read)?;
+            let body = read_json_body(request, body, body_limits(state), body_read)?;
             handlers::submit(state, body)
+        }
+        Endpoint::Bulk(action) => {
+            let body = read_json_body(request, body, body_limits(state), body_read)?;
+            bulk::bulk(state, action, body)
         }
         Endpoint::List => handlers::list(state, query),
         Endpoint::Get(id) => handlers::get(state, id),
@@ -80,21 +90,36 @@ pub fn route(
     }
 }
 
+fn body_limits(state: &AppState) -> BodyLimits {
+    BodyLimits {
+        max_bytes: state.max_body_bytes,
+        patience: state.body_patience,
+    }
+}
+
 /// The one routing `match`. Every `(Method::…, [...])` arm here has its row in [`ROUTES`].
+/// The bulk paths (`/jobs/retry`, …) come before `/jobs/{id}`: no job id is such a word.
 fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         (Method::Get, ["health"]) => Ok(Endpoint::Health),
         (Method::Get, ["openapi.json"]) => Ok(Endpoint::OpenApi),
         (Method::Get, ["functions"]) => Ok(Endpoint::Functions),
+        (Method::Get, ["functions", name]) => Ok(Endpoint::Function(name)),
         (Method::Post, ["jobs"]) => Ok(Endpoint::Submit),
+        (Method::Post, ["jobs", "retry"]) => Ok(Endpoint::Bulk(BulkAction::Retry)),
+        (Method::Post, ["jobs", "cancel"]) => Ok(Endpoint::Bulk(BulkAction::Cancel)),
+        (Method::Post, ["jobs", "delete"]) => Ok(Endpoint::Bulk(BulkAction::Delete)),
+        (_, ["jobs", "retry" | "cancel" | "delete"]) => {
+            Err(Error::MethodNotAllowed { allow: "POST" })
+        }
         (Method::Get, ["jobs"]) => Ok(Endpoint::List),
         (Method::Get, ["jobs", id]) => Ok(Endpoint::Get(id)),
         (Method::Delete, ["jobs", id]) => Ok(Endpoint::Delete(id)),
         (Method::Post, ["jobs", id, "retry"]) => Ok(Endpoint::Retry(id)),
         (Method::Post, ["jobs", id, "cancel"]) => Ok(Endpoint::Cancel(id)),
         (Method::Get, ["jobs", id, "attempts"]) => Ok(Endpoint::Attempts(id)),
-        (_, ["health" | "openapi.json" | "functions"]) => {
+        (_, ["health" | "openapi.json" | "functions"] | ["functions", _]) => {
             Err(Error::MethodNotAllowed { allow: "GET" })
         }
         (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
@@ -117,6 +142,13 @@ mod tests {
     use super::*;
 
     const SAMPLE_ID: &str = "0192f6c4-0000-7000-8000-000000000001";
+    const SAMPLE_NAME: &str = "word-count.sh";
+
+    fn sample_path(template: &str) -> String {
+        template
+            .replace("{id}", SAMPLE_ID)
+            .replace("{name}", SAMPLE_NAME)
+    }
 
     fn method(name: &str) -> Method {
         name.parse()
@@ -141,7 +173,7 @@ mod tests {
                     .split(", ")
                     .map(|segment| match segment.strip_prefix('"') {
                         Some(literal) => format!("/{}", literal.trim_end_matches('"')),
-                        None => "/{id}".to_string(),
+                        None => format!("/{{{segment}}}"),
                     })
                     .collect();
                 (name.to_ascii_uppercase(), path)
@@ -163,7 +195,7 @@ mod tests {
     fn every_listed_route_reaches_its_own_endpoint_with_the_id() {
         let mut reached = Vec::new();
         for &(name, template) in ROUTES {
-            let path = template.replace("{id}", SAMPLE_ID);
+            let path = sample_path(template);
             let endpoint = resolve(&method(name), &path)
                 .unwrap_or_else(|err| panic!("{name} {template} is not routed: {err}"));
             let id = match endpoint {
@@ -176,6 +208,9 @@ mod tests {
             };
             assert_eq!(id.is_some(), template.contains("{id}"), "{name} {template}");
             assert!(id.is_none_or(|id| id == SAMPLE_ID), "{name} {template}");
+            if template.contains("{name}") {
+                assert_eq!(endpoint, Endpoint::Function(SAMPLE_NAME), "{template}");
+            }
             // Every id is the sample, so the debug form tells the variants apart.
             let reached_now = format!("{endpoint:?}");
             assert!(
@@ -189,7 +224,7 @@ mod tests {
     #[test]
     fn a_listed_path_with_another_method_is_405_and_others_are_404() {
         for &(_, template) in ROUTES {
-            let path = template.replace("{id}", SAMPLE_ID);
+            let path = sample_path(template);
             let allowed: Vec<&str> = ROUTES
                 .iter()
                 .filter(|&&(_, other)| other == template)
@@ -209,11 +244,43 @@ mod tests {
                 }
             }
         }
-        for path in ["/", "/jobs/x/y", "/nope", "/jobs/x/retry/more"] {
+        for path in [
+            "/",
+            "/jobs/x/y",
+            "/nope",
+            "/jobs/x/retry/more",
+            "/functions/a/b",
+        ] {
             assert!(matches!(
                 resolve(&Method::Get, path),
                 Err(Error::NotFound(_))
             ));
         }
+    }
+
+    #[test]
+    fn bulk_paths_never_reach_a_job_route() {
+        for action in ["retry", "cancel", "delete"] {
+            let path = format!("/jobs/{action}");
+            assert!(matches!(
+                resolve(&Method::Post, &path),
+                Ok(Endpoint::Bulk(_))
+            ));
+            for other in [Method::Get, Method::Delete] {
+                assert!(matches!(
+                    resolve(&other, &path),
+                    Err(Error::MethodNotAllowed { allow: "POST" })
+                ));
+            }
+        }
+        let by_id = format!("/jobs/{SAMPLE_ID}/retry");
+        assert_eq!(
+            resolve(&Method::Post, &by_id).unwrap(),
+            Endpoint::Retry(SAMPLE_ID)
+        );
+        assert_eq!(
+            resolve(&Method::Get, &format!("/jobs/{SAMPLE_ID}")).unwrap(),
+            Endpoint::Get(SAMPLE_ID)
+        );
     }
 }

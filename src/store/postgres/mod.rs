@@ -8,6 +8,7 @@
 //! times are the database's (`heartbeat`, `lost_attempts`), so the nodes' clocks need not
 //! agree for leases to work.
 
+mod bulk;
 mod error;
 mod notify;
 mod pool;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::Client;
 
+use super::bulk::{Batch, BatchDone, BulkAction, JobFilter};
 use super::{
     not_found, Backend, Cancel, FinishAndClaim, OnJobQueued, Options, Page, RunningHere, SyncMode,
 };
@@ -498,6 +500,22 @@ impl Backend for PostgresStore {
         // A second call replaces the first watcher (which stops as it is dropped).
         *slot = Some(watcher);
         Ok(())
+    }
+
+    // Bulk actions: the SQL is in `bulk.rs`.
+
+    fn last_seq(&self) -> Result<i64> {
+        self.bulk_last_seq()
+    }
+
+    fn bulk_batch(
+        &self,
+        action: BulkAction,
+        filter: &JobFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone> {
+        self.bulk_batch_in(action, filter, batch, now)
     }
 }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::bulk::{Batch, BatchDone, BulkAction, JobFilter};
 use super::{
     not_found, Backend, Cancel, FinishAndClaim, OnJobQueued, Options, Page, RunningHere, SyncMode,
 };
@@ -48,6 +49,9 @@ macro_rules! job_columns {
          attempt, node, cancel_requested, queue"
     };
 }
+
+// After `job_columns!`, which its statements use.
+mod bulk;
 
 const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
 const LIST_ALL: &str = concat!(
@@ -555,6 +559,22 @@ impl Backend for SqliteStore {
     fn watch_other_nodes(&self, _on_queued: OnJobQueued) -> Result<()> {
         Ok(())
     }
+
+    // Bulk actions: the SQL is in `bulk.rs`.
+
+    fn last_seq(&self) -> Result<i64> {
+        self.bulk_last_seq()
+    }
+
+    fn bulk_batch(
+        &self,
+        action: BulkAction,
+        filter: &JobFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone> {
+        self.bulk_batch_in(action, filter, batch, now)
+    }
 }
 
 /// Claims the highest-priority due job inside a write: one seek per priority, highest
@@ -772,7 +792,7 @@ mod tests {
         SqliteStore::open(path, &options(max_pending_jobs))
     }
 
-    fn temp_store() -> TempStore {
+    pub(super) fn temp_store() -> TempStore {
         let dir = test_dir::TestDir::new("store");
         let store = open(&dir.path().join("jobs.db"), 0).unwrap();
         TempStore { store, dir }
@@ -793,7 +813,7 @@ mod tests {
         NewJob::for_test(priority, run_at)
     }
 
-    fn plan(store: &SqliteStore, sql: &str) -> String {
+    pub(super) fn plan(store: &SqliteStore, sql: &str) -> String {
         let connection = store.read();
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
