@@ -110,3 +110,7 @@ def after_call(context, case, response):
         stored_ids.update(job["job_id"] for job in response.json()["jobs"])
     if method == "DELETE" and case.path == "/jobs/{id}" and response.status_code == 204:
         stored_ids.discard(str(case.path_parameters.get("id")).lower())
+    # A bulk delete says how many jobs went, not which: forget them all.
+    if method == "POST" and case.path == "/jobs/delete" and response.status_code == 200:
+        if response.json().get("affected", 0) > 0:
+            stored_ids.clear()

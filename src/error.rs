@@ -55,6 +55,13 @@ pub enum Error {
     /// with another body (or to another route); nothing was stored. The client must use a new
     /// key for a new request.
     IdempotencyKeyReused(String),
+    /// A client's submits passed `SUBMIT_RATE_LIMIT` (`limit` per period); nothing was read
+    /// or stored. A token is back in `reset_seconds` (at least 1).
+    RateLimited { limit: u32, reset_seconds: u64 },
+    /// The job names a function whose `NAME.schema.json` cannot be used (not JSON, not a
+    /// valid draft 2020-12 schema): its payloads cannot be checked, so none is accepted. The
+    /// message names the function and what is wrong with the file.
+    SchemaUnusable(String),
     /// The database failed; `kind` says how. The detail (the database's own message) is
     /// logged, never sent to a client.
     Storage {
@@ -131,6 +138,7 @@ impl fmt::Display for Error {
             | Error::CorruptRow(message)
             | Error::Internal(message)
             | Error::DatabaseUnusable(message)
+            | Error::SchemaUnusable(message)
             | Error::Startup(message) => f.write_str(message),
             Error::ListenerFailed(message) => {
                 write!(f, "the server stopped accepting connections: {message}")
@@ -155,6 +163,14 @@ impl fmt::Display for Error {
             Error::QueueFull { limit } => write!(
                 f,
                 "the queue is full: {limit} jobs are pending (MAX_PENDING_JOBS); try again later"
+            ),
+            Error::RateLimited {
+                limit,
+                reset_seconds,
+            } => write!(
+                f,
+                "too many submits: this client may make {limit} per SUBMIT_RATE_LIMIT period; \
+                 try again in {reset_seconds} s"
             ),
             Error::Storage { detail, .. } => write!(f, "database error: {detail}"),
             Error::Config { variable, message } => write!(f, "{variable}: {message}"),

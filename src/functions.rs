@@ -3,32 +3,70 @@
 //! `[A-Za-z0-9._-]{1,64}` without a leading dot; a symlink counts only if its target stays
 //! inside the directory. The directory is read on each request, so adding a function needs no
 //! restart.
+//!
+//! Beside a function `NAME` may lie its payload contract, `NAME.schema.json` (the same rule
+//! for symlinks); compiling and checking it is `schemas`' business. A name ending in
+//! `.schema.json` is never a function, executable or not.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use log::warn;
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::error::Result;
+use crate::schemas::{Contract, Schemas};
 use crate::time::Timestamp;
 
+/// The file name suffix of a function's payload contract.
+const SCHEMA_SUFFIX: &str = ".schema.json";
+
+/// A function as `GET /functions` lists it.
 #[derive(Clone, Debug, Serialize)]
 pub struct FunctionInfo {
     pub name: String,
     pub size: u64,
     pub modified_at: Timestamp,
+    /// Whether `NAME.schema.json` exists (usable or not).
+    pub has_schema: bool,
+    /// Why the schema file cannot be used; absent when it can (or there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_error: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+/// A function with its schema, as `GET /functions/:name` returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionDetail {
+    #[serde(flatten)]
+    pub info: FunctionInfo,
+    /// The schema document, or `null` without one (or when the file is not JSON).
+    pub schema: Option<Value>,
+}
+
+#[derive(Clone)]
 pub struct Functions {
     dir: PathBuf,
+    /// Compiled contracts, shared by every clone.
+    schemas: Arc<Schemas>,
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Functions").field("dir", &self.dir).finish()
+    }
 }
 
 impl Functions {
     pub fn new(dir: PathBuf) -> Functions {
-        Functions { dir }
+        Functions {
+            dir,
+            schemas: Arc::default(),
+        }
     }
 
     /// Logs one warning at start if the directory cannot serve functions (missing, not a
@@ -58,24 +96,60 @@ impl Functions {
         };
         let mut functions: Vec<FunctionInfo> = entries
             .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let path = self.resolve(&name)?;
-                let metadata = fs::metadata(path).ok()?;
-                let modified = metadata.modified().ok()?;
-                let micros = modified
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .and_then(|since| i64::try_from(since.as_micros()).ok())?;
-                Some(FunctionInfo {
-                    name,
-                    size: metadata.len(),
-                    modified_at: Timestamp::from_micros(micros),
-                })
-            })
+            .filter_map(|entry| self.info(entry.file_name().into_string().ok()?))
             .collect();
         functions.sort_by(|a, b| a.name.cmp(&b.name));
         functions
+    }
+
+    /// One function with its schema, if `name` is a function.
+    pub fn detail(&self, name: &str) -> Option<FunctionDetail> {
+        let info = self.info(name.to_string())?;
+        let schema = self
+            .contract(name)
+            .and_then(|contract| contract.document().cloned());
+        Some(FunctionDetail { info, schema })
+    }
+
+    fn info(&self, name: String) -> Option<FunctionInfo> {
+        let path = self.resolve(&name)?;
+        let metadata = fs::metadata(path).ok()?;
+        let modified = metadata.modified().ok()?;
+        let micros = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|since| i64::try_from(since.as_micros()).ok())?;
+        let contract = self.contract(&name);
+        Some(FunctionInfo {
+            has_schema: contract.is_some(),
+            schema_error: contract.and_then(|contract| contract.error().map(str::to_string)),
+            name,
+            size: metadata.len(),
+            modified_at: Timestamp::from_micros(micros),
+        })
+    }
+
+    /// Checks a payload for function `name` against its schema, if it has one: `Validation`
+    /// naming the first violation, or `SchemaUnusable` while the schema file is broken.
+    pub fn check_payload(&self, name: &str, payload: &Value) -> Result<()> {
+        match self.contract(name) {
+            Some(contract) => contract.check(name, payload),
+            None => Ok(()),
+        }
+    }
+
+    /// The contract of function `name`, if its schema file exists (a symlink only if it stays
+    /// inside the directory).
+    fn contract(&self, name: &str) -> Option<Arc<Contract>> {
+        if !valid_name(name) {
+            return None;
+        }
+        let path = self.dir.join(format!("{name}{SCHEMA_SUFFIX}"));
+        let link = fs::symlink_metadata(&path).ok()?;
+        if link.file_type().is_symlink() && !stays_inside(&self.dir, &path) {
+            return None;
+        }
+        self.schemas.contract(name, &path)
     }
 
     /// The path to run for function `name`, if it is one.
@@ -97,6 +171,7 @@ impl Functions {
 pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
+        && !name.ends_with(SCHEMA_SUFFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -119,6 +194,7 @@ mod tests {
         for bad in [
             "",
             ".hidden",
+            "echo.schema.json",
             "../etc",
             "a/b",
             "with space",

@@ -21,6 +21,7 @@ mod queue;
 mod queue_settings;
 mod retry;
 mod running;
+mod schemas;
 mod server;
 mod store;
 mod time;

@@ -27,6 +27,7 @@ use crate::store::{FinishAndClaim, Inserted, NewKey, NewRow, StoredKey};
 use crate::time::Timestamp;
 use crate::worker::{Jobs, Waker};
 
+pub use crate::store::bulk::{BulkAction, BulkFilter, MAX_FILTER_IDS};
 pub use crate::store::{Answer, Cancel, JobFilter, Page};
 
 /// Where the lines below are logged: the module that logged them before this layer existed,
@@ -48,6 +49,9 @@ pub enum Submitted {
     /// stored, and this is the earlier answer, as it was.
     Replayed(Answer),
 }
+
+/// Wake-ups sent after one batch of a bulk retry: as many as there can be workers.
+const MAX_WAKEUPS_PER_BATCH: u64 = 1024;
 
 pub struct Queue {
     store: Arc<Store>,
@@ -146,19 +150,7 @@ impl Queue {
 
     fn validate(&self, body: Value, now: Timestamp) -> Result<NewJob> {
         let job = NewJob::from_json(body, self.defaults, now)?;
-        match &job.function {
-            Some(name) => {
-                if self.functions.resolve(name).is_none() {
-                    return Err(Error::UnknownFunction(format!(
-                        "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
-                    )));
-                }
-            }
-            // Simulation keys are checked at submit so a typo fails now, not at run time.
-            None => {
-                Simulation::from_payload(&job.payload)?;
-            }
-        }
+        self.check_runnable(&job)?;
         Ok(job)
     }
 
@@ -224,6 +216,25 @@ impl Queue {
             self.waker.job_queued(due);
         }
         Ok(Submitted::Created(answer))
+    }
+
+    /// What a job must pass besides its own fields before it is stored, for every way of
+    /// submitting one (single or batch): its function exists and its payload matches the
+    /// function's schema (`FUNCTIONS_DIR/NAME.schema.json`), or, simulated, its payload's
+    /// simulation keys are valid.
+    pub fn check_runnable(&self, job: &NewJob) -> Result<()> {
+        match &job.function {
+            Some(name) => {
+                if self.functions.resolve(name).is_none() {
+                    return Err(Error::UnknownFunction(format!(
+                        "no function named {name:?} in FUNCTIONS_DIR; GET /functions lists them"
+                    )));
+                }
+                self.functions.check_payload(name, &job.payload)
+            }
+            // Simulation keys are checked at submit so a typo fails now, not at run time.
+            None => Simulation::from_payload(&job.payload).map(|_| ()),
+        }
     }
 
     // -- end of submits ---------------------------------------------------------------------
@@ -327,6 +338,30 @@ impl Queue {
         );
         self.waker.wake_one();
         Ok(queue)
+    }
+
+    // Bulk actions (`POST /jobs/retry`, `/jobs/cancel`, `/jobs/delete`).
+
+    /// Applies `action` to every job `filter` matches that it applies to, in batches (see
+    /// `store::bulk`); returns how many. As each batch commits, the attempts it cancelled or
+    /// deleted stop at once if they run here (another node's lease keeper stops its own
+    /// within a second), and the jobs it retried wake workers.
+    pub fn bulk(&self, action: BulkAction, filter: &BulkFilter) -> Result<u64> {
+        let now = Timestamp::now();
+        let affected = self.store.bulk(action, filter, now, &mut |done| {
+            for job in &done.stop {
+                self.stop_attempt(job);
+            }
+            if action == BulkAction::Retry {
+                // One wake-up per job, up to one for every idle worker: the channel holds no
+                // more, and a full channel drops the rest.
+                for _ in 0..done.affected.min(MAX_WAKEUPS_PER_BATCH) {
+                    self.waker.job_queued(now);
+                }
+            }
+        })?;
+        info!(target: LOG_TARGET, "bulk {action:?} by request: {affected} jobs");
+        Ok(affected)
     }
 
     /// Stops the job's attempt if it runs on this node; the store has recorded the request for

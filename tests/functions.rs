@@ -231,7 +231,11 @@ fn get_functions_lists_the_executable_files_sorted_by_name() {
             .collect();
         let mut keys = keys;
         keys.sort_unstable();
-        assert_eq!(keys, ["modified_at", "name", "size"], "{function}");
+        assert_eq!(
+            keys,
+            ["has_schema", "modified_at", "name", "size"],
+            "{function}"
+        );
         let name = function["name"].as_str().unwrap();
         // Metadata through the symlink: the target's size and time.
         let meta = fs::metadata(functions.dir().join(name)).unwrap();

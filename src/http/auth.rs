@@ -41,6 +41,21 @@ pub fn authorize(expected: Option<&str>, public: bool, fields: &[(String, String
     }
 }
 
+/// The bearer token the request carries in its one `Authorization` field, checked or not.
+pub fn bearer_token(fields: &[(String, String)]) -> Option<&str> {
+    let mut offered = fields
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Authorization"))
+        .map(|(_, value)| value.as_str());
+    let (Some(value), None) = (offered.next(), offered.next()) else {
+        return None;
+    };
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// Equal slices compare equal; the time depends only on the lengths, never on the contents.
 fn constant_time_eq(offered: &[u8], expected: &[u8]) -> bool {
     let mut difference = u8::from(offered.len() != expected.len());

@@ -73,10 +73,11 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
         method: &method,
         target: &target,
         fields: &head.fields,
+        peer: request.remote_addr().map(|peer| peer.ip()),
     };
     let checked = framing::check(&head).and_then(|body| {
-        state.middleware.before(&seen)?;
-        Ok(body)
+        let headers = state.middleware.before(&seen)?;
+        Ok((body, headers))
     });
     let mut body_read = false;
     let (response, next) = match checked {
@@ -84,9 +85,10 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
             // The body, if any, was not read: closing is the only way not to misread it.
             (ApiResponse::from_error(&err), Next::Close)
         }
-        Ok(body) => {
-            let response =
+        Ok((body, headers)) => {
+            let mut response =
                 answer_or_500(|| routes::route(state, &mut request, &body, &mut body_read));
+            response.headers.extend(headers);
             let unread = !body_read && !matches!(body, Body::Empty | Body::Length(0));
             let next = if state.is_shutting_down() || unread {
                 Next::Close

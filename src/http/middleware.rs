@@ -1,15 +1,22 @@
 //! The steps around every request, after its framing is checked and before and after its route:
 //! each [`Middleware`] may refuse a request before it is routed, and hears of every answer. The
-//! chain is built once (`Middleware::chain`); auth and the access log are the steps today,
-//! metrics hang here next. A step refusing a request is answered with its error, and the steps
-//! after it never see the request; every step's `after` hears the answer, refused or not.
+//! chain is built once (`Chain::new`); auth, the submit rate limit and the access log are
+//! the steps today, metrics hang here next. A step refusing a request is answered with its
+//! error, and the steps after it never see the request; every step's `after` hears the
+//! answer, refused or not. A step letting a request on may add headers to its answer.
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use log::info;
 
+use crate::config::SubmitRate;
 use crate::error::Result;
 use crate::http::auth;
+use crate::http::rate_limit::{self, Client, RateLimiter};
+
+/// Headers the steps add to a request's answer.
+pub type Headers = Vec<(&'static str, String)>;
 
 /// A request as the steps see it: what they may decide on, never its body.
 pub struct Seen<'a> {
@@ -18,6 +25,8 @@ pub struct Seen<'a> {
     pub target: &'a str,
     /// Every header field, in order.
     pub fields: &'a [(String, String)],
+    /// The client's address, when tiny_http knows it.
+    pub peer: Option<IpAddr>,
 }
 
 impl Seen<'_> {
@@ -29,8 +38,9 @@ impl Seen<'_> {
 
 /// One step around every request.
 pub trait Middleware: Send + Sync {
-    /// Refuses the request with an error, or lets it on.
-    fn before(&self, _request: &Seen<'_>) -> Result<()> {
+    /// Refuses the request with an error, or lets it on, possibly adding `headers` to its
+    /// answer.
+    fn before(&self, _request: &Seen<'_>, _headers: &mut Headers) -> Result<()> {
         Ok(())
     }
 
@@ -42,18 +52,30 @@ pub trait Middleware: Send + Sync {
 pub struct Chain(Vec<Box<dyn Middleware>>);
 
 impl Chain {
-    /// Auth (when a token is set), then the access log.
-    pub fn new(api_token: Option<String>) -> Chain {
+    /// Auth (when a token is set), the submit rate limit (when set), then the access log.
+    pub fn new(api_token: Option<String>, submit_rate: Option<SubmitRate>) -> Chain {
         let mut steps: Vec<Box<dyn Middleware>> = Vec::new();
+        let by_token = api_token.is_some();
         if let Some(token) = api_token {
             steps.push(Box::new(BearerAuth { token }));
+        }
+        if let Some(rate) = submit_rate {
+            steps.push(Box::new(SubmitRateLimit {
+                limiter: RateLimiter::new(rate),
+                by_token,
+            }));
         }
         steps.push(Box::new(AccessLog));
         Chain(steps)
     }
 
-    pub fn before(&self, request: &Seen<'_>) -> Result<()> {
-        self.0.iter().try_for_each(|step| step.before(request))
+    /// The headers the steps add to the answer, or the first step's refusal.
+    pub fn before(&self, request: &Seen<'_>) -> Result<Headers> {
+        let mut headers = Headers::new();
+        for step in &self.0 {
+            step.before(request, &mut headers)?;
+        }
+        Ok(headers)
     }
 
     pub fn after(&self, request: &Seen<'_>, status: u16, elapsed: Duration) {
@@ -69,9 +91,38 @@ struct BearerAuth {
 }
 
 impl Middleware for BearerAuth {
-    fn before(&self, request: &Seen<'_>) -> Result<()> {
+    fn before(&self, request: &Seen<'_>, _headers: &mut Headers) -> Result<()> {
         let public = auth::is_public(request.method, request.target);
         auth::authorize(Some(&self.token), public, request.fields)
+    }
+}
+
+/// `SUBMIT_RATE_LIMIT`: each client's submits (`POST /jobs`, `POST /jobs/batch`) through its
+/// token bucket. After auth, so a request without a valid token never takes one of the token
+/// holder's; refused before routing, so a refused submit's body is never read.
+struct SubmitRateLimit {
+    limiter: RateLimiter,
+    /// Whether clients are told apart by their bearer token (auth is on) or their address.
+    by_token: bool,
+}
+
+impl Middleware for SubmitRateLimit {
+    fn before(&self, request: &Seen<'_>, headers: &mut Headers) -> Result<()> {
+        if !rate_limit::is_submit(request.method, request.path()) {
+            return Ok(());
+        }
+        let token = if self.by_token {
+            auth::bearer_token(request.fields)
+        } else {
+            None
+        };
+        let client = match token {
+            Some(token) => self.limiter.token_client(token),
+            None => Client::Peer(request.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))),
+        };
+        let allowance = self.limiter.take(client, Instant::now())?;
+        headers.extend(allowance.headers());
+        Ok(())
     }
 }
 
@@ -106,12 +157,13 @@ mod tests {
             method: &tiny_http::Method::Get,
             target,
             fields,
+            peer: Some(IpAddr::from([127, 0, 0, 1])),
         }
     }
 
     #[test]
     fn with_a_token_every_route_but_health_is_refused_without_it() {
-        let chain = Chain::new(Some("secret".into()));
+        let chain = Chain::new(Some("secret".into()), None);
         let none = [];
         assert!(chain.before(&seen("/health", &none)).is_ok());
         assert!(matches!(
@@ -124,8 +176,39 @@ mod tests {
 
     #[test]
     fn without_a_token_nothing_is_refused() {
-        let chain = Chain::new(None);
+        let chain = Chain::new(None, None);
         assert!(chain.before(&seen("/jobs", &[])).is_ok());
         assert_eq!(seen("/jobs/x?wait=1", &[]).path(), "/jobs/x");
+    }
+
+    #[test]
+    fn submits_beyond_the_rate_are_refused_and_others_pass_with_headers() {
+        let rate = SubmitRate {
+            requests: 1,
+            per: Duration::from_secs(60),
+        };
+        let chain = Chain::new(None, Some(rate));
+        let post = |target| Seen {
+            method: &tiny_http::Method::Post,
+            target,
+            fields: &[],
+            peer: Some(IpAddr::from([127, 0, 0, 1])),
+        };
+        let headers = chain.before(&post("/jobs")).unwrap();
+        assert_eq!(
+            headers,
+            [
+                ("RateLimit-Limit", "1".to_string()),
+                ("RateLimit-Remaining", "0".to_string()),
+                ("RateLimit-Reset", "60".to_string()),
+            ]
+        );
+        assert!(matches!(
+            chain.before(&post("/jobs/batch")),
+            Err(Error::RateLimited { limit: 1, .. })
+        ));
+        // Other routes are not limited and carry no headers.
+        assert_eq!(chain.before(&post("/jobs/retry")).unwrap(), []);
+        assert_eq!(chain.before(&seen("/jobs", &[])).unwrap(), []);
     }
 }

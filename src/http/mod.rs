@@ -2,12 +2,14 @@
 //! connections with tiny_http's accept step and hands each to a connection thread (`pool`),
 //! which reads its requests with tiny_http's parser and answers them in order (`exchange`).
 //! Every request is checked, passed through the middleware steps (`middleware`: auth, the
-//! access log), routed and answered explicitly; a panic in a
+//! submit rate limit, the access log), routed and answered explicitly; a panic in a
 //! handler becomes a JSON 500 and the thread serves on.
 
 mod auth;
+mod bulk;
 mod exchange;
 mod framing;
+mod function;
 mod handlers;
 mod in_flight;
 mod listener;
@@ -15,6 +17,7 @@ mod middleware;
 mod openapi;
 mod pool;
 mod queues;
+mod rate_limit;
 mod request;
 mod response;
 mod routes;
@@ -85,7 +88,7 @@ impl HttpServer {
             functions,
             max_body_bytes: config.max_body_bytes,
             body_patience: config.http_idle_timeout,
-            middleware: Chain::new(config.api_token.clone()),
+            middleware: Chain::new(config.api_token.clone(), config.submit_rate_limit),
             local_addr,
             shutting_down: AtomicBool::new(false),
             in_flight: InFlight::default(),

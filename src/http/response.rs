@@ -97,6 +97,14 @@ impl ApiResponse {
             Error::QueueFull { .. } => {
                 response.with_header("Retry-After", QUEUE_FULL_RETRY_AFTER_SECONDS.to_string())
             }
+            Error::RateLimited {
+                limit,
+                reset_seconds,
+            } => response
+                .with_header("Retry-After", (*reset_seconds).max(1).to_string())
+                .with_header("RateLimit-Limit", limit.to_string())
+                .with_header("RateLimit-Remaining", "0".into())
+                .with_header("RateLimit-Reset", reset_seconds.to_string()),
             _ => response,
         }
     }
@@ -183,6 +191,8 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::PayloadTooLarge { .. } => (413, "payload_too_large"),
         Error::QueueFull { .. } => (429, "queue_full"),
         Error::IdempotencyKeyReused(_) => (422, "idempotency_key_reused"),
+        Error::RateLimited { .. } => (429, "rate_limited"),
+        Error::SchemaUnusable(_) => (422, "schema_unusable"),
         Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
         Error::Unavailable(_) => (503, "unavailable"),
         Error::BadRequest(_) => (400, "bad_request"),
@@ -257,6 +267,27 @@ mod tests {
         assert_eq!(response.headers, vec![("Retry-After", "5".to_string())]);
         let (_, body) = envelope(Error::QueueFull { limit: 3 });
         assert_eq!(body["error"]["code"], "queue_full");
+    }
+
+    #[test]
+    fn a_rate_limited_submit_is_429_with_every_header() {
+        let error = Error::RateLimited {
+            limit: 3,
+            reset_seconds: 20,
+        };
+        let response = ApiResponse::from_error(&error);
+        assert_eq!(response.status, 429);
+        let header = |value: &str| value.to_string();
+        assert_eq!(
+            response.headers,
+            vec![
+                ("Retry-After", header("20")),
+                ("RateLimit-Limit", header("3")),
+                ("RateLimit-Remaining", header("0")),
+                ("RateLimit-Reset", header("20")),
+            ]
+        );
+        assert_eq!(envelope(error).1["error"]["code"], "rate_limited");
     }
 
     #[test]

@@ -13,17 +13,23 @@ use crate::http::queues;
 use crate::http::request::{parse_json, read_json_bytes, BodyLimits};
 use crate::http::response::ApiResponse;
 use crate::http::submit;
+use crate::http::{bulk, function};
+use crate::queue::BulkAction;
 
 /// Every (method, path template) pair the router answers; `{id}` stands for a job id and
-/// `{name}` for a queue name. Tests
+/// `{name}` for a queue's or a function's name. Tests
 /// check it against the match in [`resolve`] and against the paths of `openapi.json`.
 #[cfg_attr(not(test), allow(dead_code))] // Read by those tests only.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/openapi.json"),
     ("GET", "/functions"),
+    ("GET", "/functions/{name}"),
     ("POST", "/jobs"),
     ("POST", "/jobs/batch"),
+    ("POST", "/jobs/retry"),
+    ("POST", "/jobs/cancel"),
+    ("POST", "/jobs/delete"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("DELETE", "/jobs/{id}"),
@@ -43,8 +49,10 @@ enum Endpoint<'a> {
     Health,
     OpenApi,
     Functions,
+    Function(&'a str),
     Submit,
     SubmitBatch,
+    Bulk(BulkAction),
     List,
     Get(&'a str),
     Delete(&'a str),
@@ -79,16 +87,22 @@ pub fn route(
         Endpoint::OpenApi => Ok(openapi::document()),
         Endpoint::Functions => Ok(handlers::functions(state)),
         Endpoint::Submit | Endpoint::SubmitBatch => {
-            let limits = BodyLimits {
-                max_bytes: state.max_body_bytes,
-                patience: state.body_patience,
-            };
             let key = submit::idempotency_key(request)?;
-            let body = read_json_bytes(request, body, limits, body_read)?;
+            let body = read_json_bytes(request, body, body_limits(state), body_read)?;
             match endpoint {
                 Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
                 _ => submit::submit_batch(state, key.as_deref(), &body),
             }
+        }
+        Endpoint::Function(name) => function::function(state, name),
+        Endpoint::Bulk(action) => {
+            let body = parse_json(&read_json_bytes(
+                request,
+                body,
+                body_limits(state),
+                body_read,
+            )?)?;
+            bulk::bulk(state, action, body)
         }
         Endpoint::List => handlers::list(state, query),
         Endpoint::Get(id) => handlers::get(state, id),
@@ -98,11 +112,12 @@ pub fn route(
         Endpoint::Attempts(id) => handlers::attempts(state, id),
         Endpoint::Queues => queues::list(state),
         Endpoint::ConfigureQueue(name) => {
-            let limits = BodyLimits {
-                max_bytes: state.max_body_bytes,
-                patience: state.body_patience,
-            };
-            let body = parse_json(&read_json_bytes(request, body, limits, body_read)?)?;
+            let body = parse_json(&read_json_bytes(
+                request,
+                body,
+                body_limits(state),
+                body_read,
+            )?)?;
             queues::configure(state, name, body)
         }
         Endpoint::PauseQueue(name) => queues::pause(state, name),
@@ -110,17 +125,32 @@ pub fn route(
     }
 }
 
+fn body_limits(state: &AppState) -> BodyLimits {
+    BodyLimits {
+        max_bytes: state.max_body_bytes,
+        patience: state.body_patience,
+    }
+}
+
 /// The one routing `match`. Every `(Method::…, [...])` arm here has its row in [`ROUTES`].
+/// The bulk paths (`/jobs/retry`, …) come before `/jobs/{id}`: no job id is such a word.
 fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         (Method::Get, ["health"]) => Ok(Endpoint::Health),
         (Method::Get, ["openapi.json"]) => Ok(Endpoint::OpenApi),
         (Method::Get, ["functions"]) => Ok(Endpoint::Functions),
+        (Method::Get, ["functions", name]) => Ok(Endpoint::Function(name)),
         (Method::Post, ["jobs"]) => Ok(Endpoint::Submit),
         // Before `["jobs", id]`: "batch" is no job id (ids are UUIDs).
         (Method::Post, ["jobs", "batch"]) => Ok(Endpoint::SubmitBatch),
         (_, ["jobs", "batch"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
+        (Method::Post, ["jobs", "retry"]) => Ok(Endpoint::Bulk(BulkAction::Retry)),
+        (Method::Post, ["jobs", "cancel"]) => Ok(Endpoint::Bulk(BulkAction::Cancel)),
+        (Method::Post, ["jobs", "delete"]) => Ok(Endpoint::Bulk(BulkAction::Delete)),
+        (_, ["jobs", "retry" | "cancel" | "delete"]) => {
+            Err(Error::MethodNotAllowed { allow: "POST" })
+        }
         (Method::Get, ["jobs"]) => Ok(Endpoint::List),
         (Method::Get, ["jobs", id]) => Ok(Endpoint::Get(id)),
         (Method::Delete, ["jobs", id]) => Ok(Endpoint::Delete(id)),
@@ -131,7 +161,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         (Method::Put, ["queues", name]) => Ok(Endpoint::ConfigureQueue(name)),
         (Method::Post, ["queues", name, "pause"]) => Ok(Endpoint::PauseQueue(name)),
         (Method::Post, ["queues", name, "resume"]) => Ok(Endpoint::ResumeQueue(name)),
-        (_, ["health" | "openapi.json" | "functions"]) => {
+        (_, ["health" | "openapi.json" | "functions"] | ["functions", _]) => {
             Err(Error::MethodNotAllowed { allow: "GET" })
         }
         (_, ["jobs"]) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
@@ -157,12 +187,12 @@ mod tests {
     use super::*;
 
     const SAMPLE_ID: &str = "0192f6c4-0000-7000-8000-000000000001";
-    const SAMPLE_QUEUE: &str = "emails";
+    const SAMPLE_NAME: &str = "emails";
 
     fn sample_path(template: &str) -> String {
         template
             .replace("{id}", SAMPLE_ID)
-            .replace("{name}", SAMPLE_QUEUE)
+            .replace("{name}", SAMPLE_NAME)
     }
 
     fn method(name: &str) -> Method {
@@ -223,19 +253,20 @@ mod tests {
             };
             assert_eq!(id.is_some(), template.contains("{id}"), "{name} {template}");
             assert!(id.is_none_or(|id| id == SAMPLE_ID), "{name} {template}");
-            let queue = match endpoint {
-                Endpoint::ConfigureQueue(queue)
-                | Endpoint::PauseQueue(queue)
-                | Endpoint::ResumeQueue(queue) => Some(queue),
+            let name_given = match endpoint {
+                Endpoint::ConfigureQueue(name)
+                | Endpoint::PauseQueue(name)
+                | Endpoint::ResumeQueue(name)
+                | Endpoint::Function(name) => Some(name),
                 _ => None,
             };
             assert_eq!(
-                queue.is_some(),
+                name_given.is_some(),
                 template.contains("{name}"),
                 "{name} {template}"
             );
             assert!(
-                queue.is_none_or(|queue| queue == SAMPLE_QUEUE),
+                name_given.is_none_or(|given| given == SAMPLE_NAME),
                 "{name} {template}"
             );
             // Every id is the sample, so the debug form tells the variants apart.
@@ -271,11 +302,43 @@ mod tests {
                 }
             }
         }
-        for path in ["/", "/jobs/x/y", "/nope", "/jobs/x/retry/more"] {
+        for path in [
+            "/",
+            "/jobs/x/y",
+            "/nope",
+            "/jobs/x/retry/more",
+            "/functions/a/b",
+        ] {
             assert!(matches!(
                 resolve(&Method::Get, path),
                 Err(Error::NotFound(_))
             ));
         }
+    }
+
+    #[test]
+    fn bulk_paths_never_reach_a_job_route() {
+        for action in ["retry", "cancel", "delete"] {
+            let path = format!("/jobs/{action}");
+            assert!(matches!(
+                resolve(&Method::Post, &path),
+                Ok(Endpoint::Bulk(_))
+            ));
+            for other in [Method::Get, Method::Delete] {
+                assert!(matches!(
+                    resolve(&other, &path),
+                    Err(Error::MethodNotAllowed { allow: "POST" })
+                ));
+            }
+        }
+        let by_id = format!("/jobs/{SAMPLE_ID}/retry");
+        assert_eq!(
+            resolve(&Method::Post, &by_id).unwrap(),
+            Endpoint::Retry(SAMPLE_ID)
+        );
+        assert_eq!(
+            resolve(&Method::Get, &format!("/jobs/{SAMPLE_ID}")).unwrap(),
+            Endpoint::Get(SAMPLE_ID)
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! job; the node's heartbeat says it is alive; attempts of a node whose heartbeat is older than
 //! the lease are recovered by any other node (`worker::lease`).
 
+pub mod bulk;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
+use bulk::{Batch, BatchDone, BulkAction, BulkFilter};
 
 /// Where the jobs are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,6 +295,23 @@ pub trait Backend: Send + Sync {
         change: &SettingsChange,
         now: Timestamp,
     ) -> Result<QueueSummary>;
+    // Bulk actions (`bulk`: the loop is `Store::bulk`; each backend's SQL is its `bulk.rs`).
+
+    /// The highest `seq` of any job, 0 with none: a bulk action leaves later jobs alone.
+    fn last_seq(&self) -> Result<i64>;
+
+    /// One batch of a bulk action, in one transaction: picks the jobs `batch` names that
+    /// match the filter's queue and function, and applies `action` to those it applies to.
+    /// Retry starts a job over as `retry` does; cancel ends a pending job as `cancel` does and
+    /// records the cancel of a running one for its node; delete removes jobs with their
+    /// attempts. Other nodes hear of retried jobs as of any queued job.
+    fn bulk_batch(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone>;
 }
 
 /// How a job left the queue for good, as `job_ended` hears of it.

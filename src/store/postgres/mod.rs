@@ -8,6 +8,7 @@
 //! times are the database's (`heartbeat`, `lost_attempts`), so the nodes' clocks need not
 //! agree for leases to work.
 
+mod bulk;
 mod error;
 mod list;
 mod notify;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::Client;
 
+use super::bulk::{Batch, BatchDone, BulkAction, BulkFilter};
 use super::{
     not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow, OnJobQueued,
     Options, Page, RunningHere, StoredKey, SyncMode,
@@ -517,6 +519,22 @@ impl Backend for PostgresStore {
         })?;
         self.announcer.job_queued();
         Ok(queue)
+    }
+
+    // Bulk actions: the SQL is in `bulk.rs`.
+
+    fn last_seq(&self) -> Result<i64> {
+        self.bulk_last_seq()
+    }
+
+    fn bulk_batch(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone> {
+        self.bulk_batch_in(action, filter, batch, now)
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::bulk::{Batch, BatchDone, BulkAction, BulkFilter};
 use super::{
     not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow, OnJobQueued,
     Options, Page, RunningHere, StoredKey, SyncMode,
@@ -55,6 +56,8 @@ macro_rules! job_columns {
 
 // After `job_columns!`, which it uses.
 mod list;
+// After `job_columns!`, which its statements use.
+mod bulk;
 
 const SELECT_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
 /// The oldest due job of one priority. `INDEXED BY` pins the partial index (without
@@ -577,6 +580,22 @@ impl Backend for SqliteStore {
             })
         })
     }
+
+    // Bulk actions: the SQL is in `bulk.rs`.
+
+    fn last_seq(&self) -> Result<i64> {
+        self.bulk_last_seq()
+    }
+
+    fn bulk_batch(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone> {
+        self.bulk_batch_in(action, filter, batch, now)
+    }
 }
 
 /// Claims the highest-priority due job inside a write. While no queue restricts, one seek
@@ -816,7 +835,7 @@ mod tests {
         SqliteStore::open(path, &options(max_pending_jobs))
     }
 
-    fn temp_store() -> TempStore {
+    pub(super) fn temp_store() -> TempStore {
         let dir = test_dir::TestDir::new("store");
         let store = open(&dir.path().join("jobs.db"), 0).unwrap();
         TempStore { store, dir }
@@ -837,7 +856,7 @@ mod tests {
         NewJob::for_test(priority, run_at)
     }
 
-    fn plan(store: &SqliteStore, sql: &str) -> String {
+    pub(super) fn plan(store: &SqliteStore, sql: &str) -> String {
         let connection = store.read();
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

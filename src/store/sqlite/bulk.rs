@@ -1,0 +1,286 @@
+//! The SQL of bulk actions on SQLite (`store::bulk`): one batch is one write through group
+//! commit, in a savepoint: pick the batch's jobs, then act on them by `seq`. Picking walks an
+//! index that leads with what the filter fixes (`jobs_by_status`, `jobs_by_queue`,
+//! `jobs_by_function`, each ending in `seq`), or looks ids up one by one; acting is a rowid
+//! seek per job. Sets of values are bound as one JSON array and read with `json_each`.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::group_commit::{in_savepoint, Writer};
+use super::row::RawJob;
+use super::SqliteStore;
+use crate::error::{Error, Result};
+use crate::job::JobStatus;
+use crate::store::bulk::{Batch, BatchDone, BulkAction, BulkFilter, BATCH_SIZE};
+use crate::store::Ending;
+use crate::time::Timestamp;
+
+/// Picking a range: `?1` status, `?2` < seq <= `?3`, at most `?4`, lowest seq first; `?5`
+/// and `?6` the queue and function where the filter has them.
+pub(super) const PICK_BY_STATUS: &str = "SELECT seq FROM jobs
+     WHERE status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_QUEUE: &str = "SELECT seq FROM jobs
+     WHERE queue = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_FUNCTION: &str = "SELECT seq FROM jobs
+     WHERE function = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_QUEUE_AND_FUNCTION: &str = "SELECT seq FROM jobs INDEXED BY jobs_by_queue
+     WHERE queue = ?5 AND function = ?6 AND status = ?1 AND seq > ?2 AND seq <= ?3
+     ORDER BY seq LIMIT ?4";
+/// Picking by id: the ids `?1` whose status is one of `?2`, of queue `?3` and function `?4`
+/// where given. `+status`: the id index drives the search, never the status index.
+pub(super) const PICK_BY_IDS: &str = "SELECT seq FROM jobs
+     WHERE id IN (SELECT value FROM json_each(?1))
+       AND +status IN (SELECT value FROM json_each(?2))
+       AND (?3 IS NULL OR queue = ?3) AND (?4 IS NULL OR function = ?4)";
+
+/// The acts, on the jobs whose seqs are the JSON array `?1`; each checks the status again
+/// (`+status`: found by rowid, not through the status index).
+pub(super) const RETRY: &str = "UPDATE jobs SET status = 'pending', retry_count = 0, run_at = ?2,
+        started_at = NULL, finished_at = NULL, result = NULL, error_message = NULL
+     WHERE seq IN (SELECT value FROM json_each(?1))
+       AND +status IN ('failed', 'timeout', 'cancelled')";
+pub(super) const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', finished_at = ?2,
+        error_message = 'cancelled by request'
+     WHERE seq IN (SELECT value FROM json_each(?1)) AND +status = 'pending'
+     RETURNING id";
+pub(super) const REQUEST_CANCEL: &str = concat!(
+    "UPDATE jobs SET cancel_requested = 1
+     WHERE seq IN (SELECT value FROM json_each(?1)) AND +status = 'running'
+     RETURNING ",
+    job_columns!()
+);
+pub(super) const DELETE_ATTEMPTS: &str =
+    "DELETE FROM attempts WHERE job_seq IN (SELECT value FROM json_each(?1))";
+pub(super) const DELETE_JOBS: &str = concat!(
+    "DELETE FROM jobs WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING ",
+    job_columns!()
+);
+pub(super) const LAST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM jobs";
+
+impl SqliteStore {
+    pub(super) fn bulk_last_seq(&self) -> Result<i64> {
+        let last = self
+            .read()
+            .prepare_cached(LAST_SEQ)?
+            .query_row([], |row| row.get(0))
+            .optional()?;
+        Ok(last.unwrap_or(0))
+    }
+
+    pub(super) fn bulk_batch_in(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        batch: &Batch<'_>,
+        now: Timestamp,
+    ) -> Result<BatchDone> {
+        let pick = Pick::new(filter, batch)?;
+        let now = now.as_micros();
+        let raws = self.writes.write(move |writer| {
+            in_savepoint(writer, |writer| {
+                let seqs = pick.run(writer)?;
+                let acted = act(writer, action, &seqs, now)?;
+                Ok((seqs, acted))
+            })
+        })?;
+        let (seqs, acted) = raws;
+        let mut done = BatchDone {
+            picked: seqs.len(),
+            last_seq: seqs.iter().copied().max().unwrap_or(0),
+            ..BatchDone::default()
+        };
+        match acted {
+            Acted::Retried(count) => done.affected = count,
+            Acted::Cancelled { ended, running } => {
+                done.affected = (ended.len() + running.len()) as u64;
+                done.ended = ended
+                    .into_iter()
+                    .map(|id| (id, Ending::Finished(JobStatus::Cancelled)))
+                    .collect();
+                done.stop = running
+                    .into_iter()
+                    .map(RawJob::into_job)
+                    .collect::<Result<_>>()?;
+            }
+            Acted::Deleted(raws) => {
+                done.affected = raws.len() as u64;
+                for raw in raws {
+                    let job = raw.into_job()?;
+                    if !job.status.is_terminal() {
+                        done.ended.push((job.id.clone(), Ending::Deleted));
+                    }
+                    if job.status == JobStatus::Running {
+                        done.stop.push(job);
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// What one batch picks, as bound values: owned, for the write closure.
+struct Pick {
+    sql: &'static str,
+    /// Range: status, after, up to, limit, then the queue and function if the filter has them.
+    /// Ids: ids, statuses (JSON arrays), queue, function.
+    values: Vec<rusqlite::types::Value>,
+}
+
+impl Pick {
+    fn new(filter: &BulkFilter, batch: &Batch<'_>) -> Result<Pick> {
+        use rusqlite::types::Value as Sql;
+        let text = |value: &Option<String>| match value {
+            Some(text) => Sql::Text(text.clone()),
+            None => Sql::Null,
+        };
+        match batch {
+            Batch::Range {
+                status,
+                after,
+                up_to,
+            } => {
+                let mut values = vec![
+                    Sql::Text(status.as_str().into()),
+                    Sql::Integer(*after),
+                    Sql::Integer(*up_to),
+                    Sql::Integer(BATCH_SIZE as i64),
+                ];
+                let sql = match (&filter.queue, &filter.function) {
+                    (None, None) => PICK_BY_STATUS,
+                    (Some(_), None) => PICK_BY_QUEUE,
+                    (None, Some(_)) => PICK_BY_FUNCTION,
+                    (Some(_), Some(_)) => PICK_BY_QUEUE_AND_FUNCTION,
+                };
+                values.extend(
+                    [&filter.queue, &filter.function]
+                        .into_iter()
+                        .filter(|value| value.is_some())
+                        .map(text),
+                );
+                Ok(Pick { sql, values })
+            }
+            Batch::Ids { ids, statuses } => {
+                let statuses: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
+                Ok(Pick {
+                    sql: PICK_BY_IDS,
+                    values: vec![
+                        Sql::Text(json_array(ids)?),
+                        Sql::Text(json_array(&statuses)?),
+                        text(&filter.queue),
+                        text(&filter.function),
+                    ],
+                })
+            }
+        }
+    }
+
+    fn run(&self, writer: &Writer<'_>) -> Result<Vec<i64>> {
+        let seqs = writer
+            .prepare_cached(self.sql)?
+            .query_map(rusqlite::params_from_iter(&self.values), |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        Ok(seqs)
+    }
+}
+
+/// What acting on a batch's jobs did, with the rows callers need.
+enum Acted {
+    Retried(u64),
+    Cancelled {
+        ended: Vec<String>,
+        running: Vec<RawJob>,
+    },
+    Deleted(Vec<RawJob>),
+}
+
+fn act(writer: &mut Writer<'_>, action: BulkAction, seqs: &[i64], now: i64) -> Result<Acted> {
+    if seqs.is_empty() {
+        return Ok(match action {
+            BulkAction::Retry => Acted::Retried(0),
+            BulkAction::Cancel => Acted::Cancelled {
+                ended: Vec::new(),
+                running: Vec::new(),
+            },
+            BulkAction::Delete => Acted::Deleted(Vec::new()),
+        });
+    }
+    let seqs = json_array(seqs)?;
+    match action {
+        BulkAction::Retry => {
+            let changed = writer.prepare_cached(RETRY)?.execute(params![seqs, now])?;
+            writer.pending_changed(changed as i64);
+            Ok(Acted::Retried(changed as u64))
+        }
+        BulkAction::Cancel => {
+            let ended = writer
+                .prepare_cached(CANCEL_PENDING)?
+                .query_map(params![seqs, now], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            writer.pending_changed(-(ended.len() as i64));
+            let running = writer
+                .prepare_cached(REQUEST_CANCEL)?
+                .query_map([&seqs], RawJob::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Acted::Cancelled { ended, running })
+        }
+        BulkAction::Delete => {
+            writer.prepare_cached(DELETE_ATTEMPTS)?.execute([&seqs])?;
+            let gone = writer
+                .prepare_cached(DELETE_JOBS)?
+                .query_map([&seqs], RawJob::from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let pending = gone.iter().filter(|raw| raw.is_pending()).count();
+            writer.pending_changed(-(pending as i64));
+            Ok(Acted::Deleted(gone))
+        }
+    }
+}
+
+fn json_array(values: &[impl serde::Serialize]) -> Result<String> {
+    serde_json::to_string(values)
+        .map_err(|err| Error::Internal(format!("cannot encode a set of values: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::tests::{plan, temp_store};
+
+    #[test]
+    fn every_bulk_statement_is_served_by_an_index() {
+        let store = temp_store();
+        let cases = [
+            (
+                PICK_BY_STATUS,
+                "SEARCH jobs USING COVERING INDEX jobs_by_status (status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE,
+                "SEARCH jobs USING COVERING INDEX jobs_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_FUNCTION,
+                "SEARCH jobs USING COVERING INDEX jobs_by_function (function=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_AND_FUNCTION,
+                "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_IDS,
+                "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
+            ),
+            (RETRY, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            (CANCEL_PENDING, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            (REQUEST_CANCEL, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            (DELETE_ATTEMPTS, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
+            (DELETE_JOBS, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+        ];
+        for (sql, expected) in cases {
+            let plan = plan(&store, sql);
+            assert!(plan.lines().any(|line| line == expected), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN jobs"), "{sql}\n{plan}");
+        }
+    }
+}
