@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, never, select, Receiver, Sender, TryRecvError};
 use log::{debug, error};
 
 use super::jobs::Jobs;
@@ -29,6 +29,12 @@ use crate::time::Timestamp;
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long to back off after the database failed, before trying again.
 pub(super) const DATABASE_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// The first wait, and the longest, after a claim that found nothing although the schedule
+/// said a job was due now: other claims held it, or a limited queue filled up in between.
+/// Short, and cut by any wake-up, so a job freed meanwhile starts without delay; but never
+/// none, or workers competing for one limited queue would spin on the database.
+const MISSED_CLAIM_FIRST_WAIT: Duration = Duration::from_millis(5);
+const MISSED_CLAIM_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// A worker's slot while it is not sleeping.
 const AWAKE: i64 = i64::MIN;
@@ -102,6 +108,25 @@ pub(super) struct IdleContext {
     pub(super) abort: Receiver<()>,
 }
 
+/// A worker's claims in a row that found nothing although a job was due: the longer the run,
+/// the longer the wait before the next (doubling from `MISSED_CLAIM_FIRST_WAIT`).
+#[derive(Default)]
+pub(super) struct MissedClaims(u32);
+
+impl MissedClaims {
+    fn next_wait(&mut self) -> Duration {
+        let wait = MISSED_CLAIM_FIRST_WAIT
+            .saturating_mul(1 << self.0.min(8))
+            .min(MISSED_CLAIM_MAX_WAIT);
+        self.0 = self.0.saturating_add(1);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 pub(super) enum Next {
     Run(Box<Job>),
     LookAgain,
@@ -109,11 +134,13 @@ pub(super) enum Next {
 }
 
 /// The idle path: claim a due job, or wait until one is due or a wake-up arrives. `known_due`
-/// is a due time the worker learned from its own writes that the reader may not see yet.
+/// is a due time the worker learned from its own writes that the reader may not see yet;
+/// `missed` counts the claims in a row that found nothing although a job was due.
 pub(super) fn find_work(
     context: &IdleContext,
     draining: &mut bool,
     known_due: &mut Option<Timestamp>,
+    missed: &mut MissedClaims,
 ) -> Next {
     if matches!(context.abort.try_recv(), Err(TryRecvError::Disconnected)) {
         return Next::Stop;
@@ -139,17 +166,25 @@ pub(super) fn find_work(
         *known_due = None;
         return match context.jobs.claim_next_due(now) {
             Ok(Some(job)) => {
+                missed.reset();
                 hand_over_the_watch(context);
                 Next::Run(Box::new(job))
             }
-            // Another worker was quicker.
-            Ok(None) => Next::LookAgain,
+            // Another worker was quicker, or the job's queue is at its limit now. The
+            // schedule may say "due" again at once (its read does not wait for their
+            // commits): a short wait, longer the more it repeats.
+            Ok(None) => {
+                let wait = missed.next_wait();
+                wait_for_work(context, Timestamp::now().plus(wait), draining);
+                Next::LookAgain
+            }
             Err(err) => {
                 error!("cannot claim a job: {err}");
                 pause_after_error(context, draining)
             }
         };
     }
+    missed.reset();
     if *draining {
         return Next::Stop;
     }
@@ -184,21 +219,42 @@ fn pause_after_error(context: &IdleContext, draining: &mut bool) -> Next {
 
 /// Sleeps until `wakes_at`, a wake-up message, or the start of the drain. While asleep the
 /// worker's slot says when it will look at the schedule again: exactly the next due time, so
-/// that a job due then or later needs no wake-up.
+/// that a job due then or later needs no wake-up. A worker already draining (only one backing
+/// off after a missed claim sleeps then) waits for the time alone: both channels may be
+/// closed by then, and a closed channel would end the wait at once.
 fn wait_for_work(context: &IdleContext, wakes_at: Timestamp, draining: &mut bool) {
     let slot = &context.waker.sleepers.0[context.slot];
     slot.store(wakes_at.as_micros(), Ordering::SeqCst);
     debug!("idle until {wakes_at} unless woken");
     let wait = Timestamp::now().until(wakes_at);
+    let (wake, drain) = if *draining {
+        (never(), never())
+    } else {
+        (context.wake.clone(), context.drain.clone())
+    };
     select! {
-        recv(context.wake) -> message => {
+        recv(wake) -> message => {
             // No waker left means no submit can come any more: finish what is due.
             if message.is_err() {
                 *draining = true;
             }
         }
-        recv(context.drain) -> _ => *draining = true,
+        recv(drain) -> _ => *draining = true,
         default(wait) => {}
     }
     slot.store(AWAKE, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_claims_back_off_doubling_up_to_the_cap_and_start_over_after_a_reset() {
+        let mut missed = MissedClaims::default();
+        let waits: Vec<u128> = (0..7).map(|_| missed.next_wait().as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 50, 50, 50]);
+        missed.reset();
+        assert_eq!(missed.next_wait(), MISSED_CLAIM_FIRST_WAIT);
+    }
 }

@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use log::error;
 
 use super::attempt::{run_and_record, AfterAttempt, AttemptContext};
-use super::idle::{find_work, IdleContext, Next, Waker, Wakeups};
+use super::idle::{find_work, IdleContext, MissedClaims, Next, Waker, Wakeups};
 use super::jobs::Jobs;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
@@ -132,10 +132,11 @@ fn work(context: &WorkerContext) {
     // A due time this worker learned from its own write, kept until it has looked for work at
     // that time through the writer, which sees it whether or not the reader does yet.
     let mut known_due: Option<Timestamp> = None;
+    let mut missed = MissedClaims::default();
     loop {
         let job = match after.next.take() {
             Some(job) => job,
-            None => match find_work(&context.idle, &mut draining, &mut known_due) {
+            None => match find_work(&context.idle, &mut draining, &mut known_due, &mut missed) {
                 Next::Run(job) => *job,
                 Next::LookAgain => continue,
                 Next::Stop => return,
