@@ -24,7 +24,7 @@ mod tests;
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::Client;
@@ -58,6 +58,9 @@ const PENDING_MARGIN: i64 = 1024;
 const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long connecting may take when the connection string does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time between two foldings of ended sessions' counter rows by this node (at a
+/// heartbeat; a long recovery heartbeats more often than the lease keeper).
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct PostgresStore {
     pool: Pool,
@@ -75,6 +78,8 @@ pub struct PostgresStore {
     watcher: Mutex<Option<Watcher>>,
     /// Tells the other nodes of jobs this one queued, once they are committed.
     announcer: Announcer,
+    /// When this node last folded the counter rows of ended sessions; `None` before the first.
+    compacted_at: Mutex<Option<Instant>>,
 }
 
 impl PostgresStore {
@@ -125,7 +130,37 @@ impl PostgresStore {
             watcher: Mutex::new(None),
             announcer: Announcer::start(config.clone())?,
             config,
+            compacted_at: Mutex::new(None),
         })
+    }
+
+    /// Folds the counter rows of sessions that have ended into one, if this node has not done
+    /// so for `COMPACT_EVERY`. Each session counts in rows of its own (so no two ever wait on
+    /// one row), and a pool replaces its connections now and then, so without this the rows
+    /// of ended ones would pile up. A failure is only logged: the next heartbeat tries again.
+    fn compact_counts_if_due(&self) {
+        {
+            // Guards only the time of the last compaction; released before the statement.
+            let mut compacted_at = self
+                .compacted_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if compacted_at.is_some_and(|at| at.elapsed() < COMPACT_EVERY) {
+                return;
+            }
+            *compacted_at = Some(Instant::now());
+        }
+        match self.compact_counts() {
+            Ok(0) => {}
+            Ok(folded) => log::debug!("folded {folded} counter row(s) of ended sessions"),
+            Err(err) => log::warn!("cannot fold the counter rows of ended sessions: {err}"),
+        }
+    }
+
+    /// Folds the counter rows of sessions that have ended now; how many rows it folded.
+    fn compact_counts(&self) -> Result<i64> {
+        self.pool
+            .run(|connection| queues::compact_counts(&mut connection.session()))
     }
 
     /// A recorded outcome that put the job back in the queue (a retry, a release) is work for
@@ -413,6 +448,8 @@ impl Backend for PostgresStore {
         Ok(Some(attempts))
     }
 
+    /// Also, now and then, folds the counter rows of ended sessions (after the heartbeat, so
+    /// a failure there never costs the lease).
     fn heartbeat(&self, _now: Timestamp) -> Result<()> {
         let started_at = self.started_at.as_micros();
         self.pool.run(|connection| {
@@ -420,7 +457,9 @@ impl Backend for PostgresStore {
                 .session()
                 .execute(HEARTBEAT, &[&self.node, &started_at])?;
             Ok(())
-        })
+        })?;
+        self.compact_counts_if_due();
+        Ok(())
     }
 
     /// By the database's clock. A row that cannot be read is logged and skipped rather than

@@ -1,7 +1,8 @@
 //! Named queues on PostgreSQL: the statements on `queues` and `queue_counts` behind
-//! `GET /queues`, pause, resume and `PUT /queues/:name`. The counters are sharded (16 rows per
-//! queue and status), so every count is a sum. Holding claims to the settings is the
-//! `claim_due_job` and `next_claimable_at` functions' (migration 3).
+//! `GET /queues`, pause, resume and `PUT /queues/:name`, and the folding of counter rows left
+//! by ended sessions. The counters are sharded (a row per queue, status and writing backend,
+//! plus shard 0 for the folded ones), so every count is a sum. Holding claims to the settings
+//! is the `claim_due_job` and `next_claimable_at` functions' (migration 3).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,25 +17,31 @@ use crate::time::Timestamp;
 
 const ALL_COUNTS: &str = "SELECT queue, status, sum(n)::bigint FROM queue_counts
      GROUP BY queue, status HAVING sum(n) <> 0";
+/// Folds the counter rows of ended backends into shard 0 (migration 3's function); returns
+/// how many rows it folded, 0 if another node was at it.
+const COMPACT_COUNTS: &str = "SELECT compact_queue_counts()";
 const ALL_SETTINGS: &str = "SELECT name, paused, concurrency, rate_per_second FROM queues";
 const COUNTS_OF_QUEUE: &str = "SELECT status, sum(n)::bigint FROM queue_counts
      WHERE queue = $1 GROUP BY status HAVING sum(n) <> 0";
 const SETTINGS_OF_QUEUE: &str =
     "SELECT paused, concurrency, rate_per_second FROM queues WHERE name = $1";
+/// A settings row with the defaults (unpaused, no limits), unless the queue has one: so that
+/// there is always a row to lock, even for two first changes of a queue at once.
+const ADD_DEFAULT_SETTINGS: &str = "INSERT INTO queues (name, updated_at) VALUES ($1, $2)
+     ON CONFLICT (name) DO NOTHING";
 const LOCK_SETTINGS: &str =
     "SELECT paused, concurrency, rate_per_second FROM queues WHERE name = $1 FOR UPDATE";
 const SET_PAUSED: &str = "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
      ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at";
-/// Writes the limits; `$5` (a new rate) fills the bucket with `$6` tokens, now by the
-/// database's clock (the bucket's).
-const SET_LIMITS: &str = "INSERT INTO queues AS q
-        (name, concurrency, rate_per_second, updated_at, tokens, refilled_at)
-     VALUES ($1, $2::integer, $4::double precision, $3::bigint, coalesce($6::double precision, 0),
-             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-     ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
-        rate_per_second = excluded.rate_per_second, updated_at = excluded.updated_at,
-        tokens = CASE WHEN $5::boolean THEN excluded.tokens ELSE q.tokens END,
-        refilled_at = CASE WHEN $5::boolean THEN excluded.refilled_at ELSE q.refilled_at END";
+/// Writes the limits of the locked row; `$5` (a new rate) fills the bucket with `$6` tokens,
+/// now by the database's clock (the bucket's).
+const SET_LIMITS: &str = "UPDATE queues SET concurrency = $2::integer,
+        rate_per_second = $4::double precision, updated_at = $3::bigint,
+        tokens = CASE WHEN $5::boolean THEN coalesce($6::double precision, 0) ELSE tokens END,
+        refilled_at = CASE WHEN $5::boolean
+                           THEN (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+                           ELSE refilled_at END
+     WHERE name = $1";
 
 type Settings = (bool, Option<i32>, Option<f64>);
 
@@ -107,20 +114,18 @@ pub fn set_paused<C: GenericClient>(
     one(session, name)
 }
 
-/// In a transaction: the row is locked while the change is merged into it.
+/// In a transaction: the row (made first if the queue has none) is locked while the change
+/// is merged into it, so two changes at once each keep the other's fields.
 pub fn configure<C: GenericClient>(
     session: &mut Session<'_, C>,
     name: &str,
     change: &SettingsChange,
     now: Timestamp,
 ) -> Result<QueueSummary, Failure> {
-    let current: Option<Settings> = match session.query_opt(LOCK_SETTINGS, &[&name])? {
-        Some(row) => Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
-        None => None,
-    };
-    let (current_concurrency, current_rate) = current
-        .map(|(_, concurrency, rate)| (concurrency, rate))
-        .unwrap_or_default();
+    session.execute(ADD_DEFAULT_SETTINGS, &[&name, &now.as_micros()])?;
+    let row = session.query_one(LOCK_SETTINGS, &[&name])?;
+    let (current_concurrency, current_rate): (Option<i32>, Option<f64>) =
+        (row.try_get(1)?, row.try_get(2)?);
     let concurrency: Option<i32> = match change.concurrency {
         Some(concurrency) => concurrency.and_then(|n| i32::try_from(n).ok()),
         None => current_concurrency,
@@ -140,4 +145,9 @@ pub fn configure<C: GenericClient>(
         ],
     )?;
     one(session, name)
+}
+
+/// Folds the counter rows of sessions that have ended; the sums stay as they were.
+pub fn compact_counts<C: GenericClient>(session: &mut Session<'_, C>) -> Result<i64, Failure> {
+    Ok(session.query_one(COMPACT_COUNTS, &[])?.try_get(0)?)
 }

@@ -143,10 +143,11 @@ pub const MIGRATIONS: &[&str] = &[
      END $$;",
     // 3: named queues, their settings and counts; idempotency keys; retention (as SQLite's
     // seventh migration). `queue_counts` replaces `pending_counts`: the jobs of each queue in
-    // each status, spread over 16 shards per (queue, status) the same way, kept by
-    // statement-level triggers; the pending limit sums its pending rows. A trigger writes
-    // its rows in (queue, status) order, so two statements never wait on each other's rows
-    // in opposite orders.
+    // each status, kept by statement-level triggers; the pending limit sums its pending rows.
+    // Each session writes only the rows of its own shard, its backend's pid, so no two
+    // sessions ever wait on each other's counter rows: a transaction may change the counts of
+    // several queues in any order (a finish and the next claim) without a deadlock. Shard 0
+    // belongs to `compact_queue_counts`, which folds into it the rows of backends that ended.
     "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
      CREATE INDEX jobs_pending_by_queue ON jobs (queue, priority DESC, run_at, seq)
         WHERE status = 'pending';
@@ -175,12 +176,12 @@ pub const MIGRATIONS: &[&str] = &[
      BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO queue_counts AS counts (queue, status, shard, n)
-                SELECT queue, status, pg_backend_pid() % 16, count(*) FROM after_rows
+                SELECT queue, status, pg_backend_pid(), count(*) FROM after_rows
                 GROUP BY queue, status ORDER BY queue, status
                 ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
         ELSIF TG_OP = 'UPDATE' THEN
             INSERT INTO queue_counts AS counts (queue, status, shard, n)
-                SELECT queue, status, pg_backend_pid() % 16, sum(change) FROM (
+                SELECT queue, status, pg_backend_pid(), sum(change) FROM (
                     SELECT queue, status, 1 AS change FROM after_rows
                     UNION ALL
                     SELECT queue, status, -1 AS change FROM before_rows) AS changes
@@ -188,7 +189,7 @@ pub const MIGRATIONS: &[&str] = &[
                 ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
         ELSE
             INSERT INTO queue_counts AS counts (queue, status, shard, n)
-                SELECT queue, status, pg_backend_pid() % 16, -count(*) FROM before_rows
+                SELECT queue, status, pg_backend_pid(), -count(*) FROM before_rows
                 GROUP BY queue, status ORDER BY queue, status
                 ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n;
         END IF;
@@ -233,6 +234,40 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT coalesce(sum(n), 0) INTO pending FROM queue_counts WHERE status = 'pending';
         RETURN pending;
      END $$;
+     -- Folds the counter rows of backends that have ended into shard 0, so there are about
+     -- as many rows as live sessions that write them. One node at a time (a transaction
+     -- advisory lock, tried: a node finding it taken leaves the work to the holder). It never
+     -- waits on a row: a row another transaction holds (only a new backend that got an ended
+     -- one's pid writes one) is left for the next time. One statement moves what it deletes
+     -- into shard 0, so nothing is lost or counted twice; a backend that reuses a pid and
+     -- writes a row this deletes waits for the commit, then inserts a fresh row. Only this
+     -- function writes shard 0 (and the migration): shard 0 rows that fall to 0 go.
+     CREATE FUNCTION compact_queue_counts() RETURNS BIGINT
+        LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+     DECLARE
+        folded BIGINT;
+     BEGIN
+        IF NOT pg_try_advisory_xact_lock(1835819875, hashtext(current_schema())) THEN
+            RETURN 0;
+        END IF;
+        WITH ended AS (
+            SELECT queue, status, shard FROM queue_counts
+            WHERE shard <> 0
+              AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
+            FOR UPDATE SKIP LOCKED),
+        gone AS (
+            DELETE FROM queue_counts AS c USING ended
+            WHERE c.queue = ended.queue AND c.status = ended.status AND c.shard = ended.shard
+            RETURNING c.queue, c.status, c.n),
+        kept AS (
+            INSERT INTO queue_counts AS counts (queue, status, shard, n)
+            SELECT queue, status, 0, sum(n) FROM gone GROUP BY queue, status
+            ORDER BY queue, status
+            ON CONFLICT (queue, status, shard) DO UPDATE SET n = counts.n + excluded.n)
+        SELECT count(*) INTO folded FROM gone;
+        DELETE FROM queue_counts WHERE shard = 0 AND n = 0;
+        RETURN folded;
+     END $$;
      CREATE TABLE idempotency_keys (
         key             TEXT PRIMARY KEY,
         request_hash    TEXT NOT NULL,
@@ -250,11 +285,18 @@ pub const MIGRATIONS: &[&str] = &[
      -- a job now (paused, running `concurrency` jobs by the counters, or without a start
      -- token) are left out, and every other queue with pending jobs is searched on
      -- `jobs_pending_by_queue`: a left-out queue's jobs are never read. A job of a
-     -- restricting queue starts only under the lock of its `queues` row, taken `SKIP
-     -- LOCKED` (a claim never waits for another: it leaves that queue to it this time),
-     -- after which the running count and the bucket are read again in a new snapshot: so
-     -- claims of one restricted queue are serialized across nodes and its limits hold.
-     -- The bucket runs on the database's clock. Unrestricted queues take no lock.
+     -- restricting queue starts only under the lock of its `queues` row, after which the
+     -- running count and the bucket are read again in a new snapshot: so claims of one
+     -- restricted queue are serialized across nodes and its limits hold. The bucket runs on
+     -- the database's clock. Unrestricted queues take no lock.
+     --
+     -- What is passed over is only what is unavailable: a queue that cannot start a job,
+     -- or one (queue, priority) whose due jobs other claims all hold (`SKIP LOCKED`), not
+     -- the rest of that queue. The first `queues` row a claim locks it waits for: its holder
+     -- is a claim or a settings change, which waits on nothing more before it commits, so
+     -- the wait is short and cannot close a cycle. A claim that already holds one takes any
+     -- other `SKIP LOCKED` (two waits could cross), leaving a queue held that way to its
+     -- holder this time.
      CREATE FUNCTION claim_due_job(p_now BIGINT, p_node TEXT) RETURNS SETOF jobs
         LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
      DECLARE
@@ -262,6 +304,11 @@ pub const MIGRATIONS: &[&str] = &[
         picked_queue TEXT;
         picked_priority INTEGER;
         blocked TEXT[];
+        -- The (queue, priority) pairs whose due jobs other claims hold, side by side.
+        held_queues TEXT[] := '{}';
+        held_priorities INTEGER[] := '{}';
+        -- The `queues` rows this claim has locked.
+        locked TEXT[] := '{}';
         setting queues%ROWTYPE;
         clock BIGINT;
         tokens_now DOUBLE PRECISION;
@@ -323,11 +370,21 @@ pub const MIGRATIONS: &[&str] = &[
                       AND jobs.priority = p.priority AND run_at <= p_now
                     ORDER BY run_at, seq LIMIT 1) AS j
                 WHERE open.queue <> ALL (blocked)
+                  AND NOT EXISTS (SELECT 1 FROM unnest(held_queues, held_priorities)
+                                      AS held (queue, priority)
+                                  WHERE held.queue = open.queue AND held.priority = p.priority)
                 ORDER BY j.priority DESC, j.run_at, j.seq LIMIT 1;
                 EXIT WHEN picked_seq IS NULL;
                 IF EXISTS (SELECT 1 FROM queues WHERE name = picked_queue AND (paused OR concurrency IS NOT NULL OR rate_per_second IS NOT NULL)) THEN
-                    SELECT * INTO setting FROM queues WHERE name = picked_queue
-                        FOR UPDATE SKIP LOCKED;
+                    IF cardinality(locked) = 0 OR picked_queue = ANY (locked) THEN
+                        SELECT * INTO setting FROM queues WHERE name = picked_queue FOR UPDATE;
+                    ELSE
+                        SELECT * INTO setting FROM queues WHERE name = picked_queue
+                            FOR UPDATE SKIP LOCKED;
+                    END IF;
+                    IF FOUND THEN
+                        locked := locked || picked_queue;
+                    END IF;
                     IF NOT FOUND OR setting.paused OR (setting.concurrency IS NOT NULL
                         AND setting.concurrency <= (SELECT coalesce(sum(n), 0) FROM queue_counts
                             WHERE queue = picked_queue AND status = 'running')) THEN
@@ -354,7 +411,8 @@ pub const MIGRATIONS: &[&str] = &[
                 ORDER BY run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED;
                 IF NOT FOUND THEN
                     picked_seq := NULL;
-                    blocked := blocked || picked_queue;
+                    held_queues := held_queues || picked_queue;
+                    held_priorities := held_priorities || picked_priority;
                     CONTINUE;
                 END IF;
                 IF setting.rate_per_second IS NOT NULL THEN

@@ -102,21 +102,24 @@ pub const NEXT_DUE_AT: &str = "SELECT next_claimable_at($1)";
 /// Ends attempt `$2` of job `$1` with the status `$9` its transition says, if the job still
 /// runs that attempt: an outcome never lands on a later attempt of the same job (it was
 /// recovered elsewhere). A retry (`$10` set) counts one more retry and is due at `$10`. The
-/// attempt's own row is closed in the same statement. Returns the number of jobs updated.
+/// attempt's own row is closed in the same statement, after the job's: it reads the job's
+/// update, so the job row is always locked first, as every other statement that writes
+/// both (a claim, a delete, a bulk delete) does, and none waits for the other crosswise.
+/// Returns the number of jobs updated.
 macro_rules! finish_attempt {
     ($then:expr) => {
         concat!(
-            "WITH closed AS (
-                UPDATE attempts SET status = $3, finished_at = $4, result = $5,
-                       error_message = $6, exit_code = $7, stderr_tail = $8
-                WHERE job_seq = $1 AND attempt = $2 AND status = 'running'),
-             ended AS (
+            "WITH ended AS (
                 UPDATE jobs SET status = $9, finished_at = $4, result = $5, error_message = $6,
                        retry_count = retry_count + CASE WHEN $10::bigint IS NULL THEN 0 ELSE 1 END,
                        run_at = coalesce($10::bigint, run_at),
                        node = NULL
                 WHERE seq = $1 AND status = 'running' AND attempt IS NOT DISTINCT FROM $2
-                RETURNING seq, queue)
+                RETURNING seq, queue),
+             closed AS (
+                UPDATE attempts SET status = $3, finished_at = $4, result = $5,
+                       error_message = $6, exit_code = $7, stderr_tail = $8
+                WHERE job_seq = (SELECT seq FROM ended) AND attempt = $2 AND status = 'running')
              SELECT ",
             $then,
             " FROM ended"

@@ -3,7 +3,7 @@
 //! at the end, so tests run in parallel and leave nothing behind.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -1243,4 +1243,424 @@ fn claims_on_two_nodes_never_run_more_than_a_queues_concurrency() {
         (queues[0].counts.running, queues[0].counts.pending),
         (3, 97)
     );
+}
+
+/// A store whose pool keeps `size` connections.
+fn open_pooled(db: &TestSchema, node: &str, size: usize) -> PostgresStore {
+    let options = Options {
+        pool_size: size,
+        ..Options::for_test(node, 0)
+    };
+    PostgresStore::open(&db.url(), &options).unwrap()
+}
+
+/// Each queue's (pending, running, success) by the counters.
+fn queue_counts_of(store: &PostgresStore) -> Vec<(String, u64, u64, u64)> {
+    store
+        .queues()
+        .unwrap()
+        .into_iter()
+        .map(|queue| {
+            (
+                queue.name,
+                queue.counts.pending,
+                queue.counts.running,
+                queue.counts.success,
+            )
+        })
+        .collect()
+}
+
+/// Workers on 24 connections each finish a job and claim the next in one transaction, the
+/// jobs of two queues alternating, so transactions keep changing the counts of one queue
+/// and then the other's, in both orders. Run without limits, then with one queue limited
+/// (claims of it serialized on its settings row, many waiting, some missing).
+#[test]
+fn finishing_and_claiming_across_two_queues_on_many_connections_never_deadlocks() {
+    use crate::queue_settings::SettingsChange;
+    let Some(db) = TestSchema::new("cross_queues") else {
+        return;
+    };
+    let nodes = [
+        Arc::new(open_pooled(&db, "n1", 12)),
+        Arc::new(open_pooled(&db, "n2", 12)),
+    ];
+    const THREADS: usize = 24;
+    const JOBS: usize = 480;
+    for round in 0..2 {
+        if round == 1 {
+            let change = SettingsChange {
+                concurrency: Some(Some(5)),
+                rate_per_second: None,
+            };
+            nodes[0].configure_queue("b", &change, at(1)).unwrap();
+        }
+        let rows: Vec<NewRow> = (0..JOBS)
+            .map(|n| {
+                let queue = if n % 2 == 0 { "a" } else { "b" };
+                let mut job = queued_job(queue, 0);
+                job.run_at = Some(at(1 + n as i64));
+                (format!("r{round}-{n}"), job)
+            })
+            .collect();
+        nodes[0].insert_jobs(&rows, None, at(1)).unwrap();
+        let finished = Arc::new(AtomicUsize::new(0));
+        // Set by a worker that failed, so that the others stop instead of waiting for its job.
+        let failed = Arc::new(AtomicBool::new(false));
+        let start = Arc::new(Barrier::new(THREADS));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let workers: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let store = Arc::clone(&nodes[thread % 2]);
+                let (start, finished, failed) = (
+                    Arc::clone(&start),
+                    Arc::clone(&finished),
+                    Arc::clone(&failed),
+                );
+                thread::spawn(move || -> Result<()> {
+                    let done = AttemptEnd::Succeeded { result: json!(1) };
+                    let details = AttemptDetails::default();
+                    let now = at(1_000_000);
+                    start.wait();
+                    let mut next: Option<Job> = None;
+                    let mut step = || -> Result<()> {
+                        let job = match next.take() {
+                            Some(job) => job,
+                            None => match store.claim_next_due(now)? {
+                                Some(job) => job,
+                                // The rest run elsewhere, or wait for a place in "b".
+                                None => {
+                                    thread::yield_now();
+                                    return Ok(());
+                                }
+                            },
+                        };
+                        let ended = store.finish_and_claim_next(&job, &done, &details, now)?;
+                        assert!(ended.recorded, "{}", job.id);
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        next = ended.next;
+                        Ok(())
+                    };
+                    while finished.load(Ordering::SeqCst) < JOBS && !failed.load(Ordering::SeqCst) {
+                        assert!(Instant::now() < deadline, "the jobs never all ended");
+                        if let Err(err) = step() {
+                            failed.store(true, Ordering::SeqCst);
+                            return Err(err);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            if let Err(err) = worker.join().unwrap() {
+                panic!("round {round}: {err}");
+            }
+        }
+        let ended = (JOBS / 2 * (round + 1)) as u64;
+        assert_eq!(
+            queue_counts_of(&nodes[1]),
+            [
+                ("a".to_string(), 0, 0, ended),
+                ("b".to_string(), 0, 0, ended)
+            ],
+            "round {round}"
+        );
+        let mut client = db.client();
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'success'), count(*) FROM jobs",
+                &[],
+            )
+            .unwrap();
+        let (success, all): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((success, all), (ended as i64 * 2, ended as i64 * 2));
+        let attempts: i64 = client
+            .query_one(
+                "SELECT count(*) FROM attempts WHERE attempt = 1 AND status = 'success'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(attempts, ended as i64 * 2, "each job ran exactly once");
+        assert_eq!(counted_pending(&mut client), 0);
+    }
+}
+
+/// The sum of each queue's counters by status, and how many rows they are spread over.
+fn counter_sums(client: &mut Client) -> (Vec<(String, String, i64)>, i64) {
+    let sums = client
+        .query(
+            "SELECT queue, status, sum(n)::bigint FROM queue_counts
+             GROUP BY queue, status HAVING sum(n) <> 0 ORDER BY queue, status",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM queue_counts", &[])
+        .unwrap()
+        .get(0);
+    (sums, rows)
+}
+
+fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Closes `client` and waits until the server has let its backend go.
+fn close_and_wait(client: Client, pid: i32, observer: &mut Client) {
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer
+        .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "backend {pid} lingers");
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn compaction_folds_the_counters_of_ended_sessions_and_keeps_every_sum() {
+    let Some(db) = TestSchema::new("compact") else {
+        return;
+    };
+    let store = db.open("n1");
+    let mut observer = db.client();
+    // Three sessions write counter rows of their own (inserts, a claim-like update, a delete)
+    // and end; a fourth stays open.
+    let mut ended = Vec::new();
+    for n in 0..3 {
+        let mut client = db.client();
+        let pid = backend_pid(&mut client);
+        client
+            .batch_execute(&format!(
+                "INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
+                                   max_retries, timeout_seconds, queue)
+                 SELECT 's{n}-' || i, '{{}}', 'pending', 0, 1, 1, 1, 5,
+                        CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END
+                 FROM generate_series(1, 10) AS i;
+                 UPDATE jobs SET status = 'running' WHERE id IN ('s{n}-1', 's{n}-2');
+                 DELETE FROM jobs WHERE id = 's{n}-3'"
+            ))
+            .unwrap();
+        ended.push((client, pid));
+    }
+    let mut open = db.client();
+    let open_pid = backend_pid(&mut open);
+    open.batch_execute("UPDATE jobs SET status = 'success' WHERE id = 's0-4'")
+        .unwrap();
+    let pids: Vec<i32> = ended.iter().map(|(_, pid)| *pid).collect();
+    for (client, pid) in ended {
+        close_and_wait(client, pid, &mut observer);
+    }
+    let (before, rows_before) = counter_sums(&mut observer);
+    assert_eq!(
+        before,
+        [
+            ("a".to_string(), "pending".to_string(), 11),
+            ("a".to_string(), "running".to_string(), 3),
+            ("a".to_string(), "success".to_string(), 1),
+            ("b".to_string(), "pending".to_string(), 9),
+            ("b".to_string(), "running".to_string(), 3),
+        ]
+    );
+    let of_ended = |client: &mut Client| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM queue_counts WHERE shard = ANY($1)",
+                &[&pids],
+            )
+            .unwrap()
+            .get(0)
+    };
+    // Per session: (a, pending), (b, pending), (a, running), (b, running).
+    let ended_rows = of_ended(&mut observer);
+    assert_eq!(ended_rows, 12);
+
+    // A row of an ended session that some transaction holds is left for the next time,
+    // without waiting; so is all of it while another node compacts.
+    let mut holder = db.client();
+    let mut held = holder.transaction().unwrap();
+    held.execute(
+        "SELECT 1 FROM queue_counts WHERE shard = $1 AND queue = 'a' AND status = 'pending'
+         FOR UPDATE",
+        &[&pids[0]],
+    )
+    .unwrap();
+    let folded = store.compact_counts().unwrap();
+    assert_eq!(folded, ended_rows - 1);
+    assert_eq!(of_ended(&mut observer), 1);
+    assert_eq!(counter_sums(&mut observer).0, before);
+    held.rollback().unwrap();
+    let mut other_node = holder.transaction().unwrap();
+    other_node
+        .execute(
+            "SELECT pg_advisory_xact_lock(1835819875, hashtext(current_schema()))",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(store.compact_counts().unwrap(), 0);
+    other_node.rollback().unwrap();
+    assert_eq!(store.compact_counts().unwrap(), 1);
+    assert_eq!(store.compact_counts().unwrap(), 0);
+
+    // What is left: shard 0 (no zeros) and the rows of live sessions; the same sums.
+    let (after, rows_after) = counter_sums(&mut observer);
+    assert_eq!(after, before);
+    assert!(rows_after < rows_before, "{rows_after} vs {rows_before}");
+    assert_eq!(of_ended(&mut observer), 0);
+    let strays: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM queue_counts
+             WHERE (shard = 0 AND n = 0)
+                OR (shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(strays, 0);
+    let open_rows: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM queue_counts WHERE shard = $1",
+            &[&open_pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(open_rows, 2, "a live session's rows stay its own");
+
+    // The counters go on from there.
+    let job = store.claim_next_due(at(10)).unwrap().unwrap();
+    assert_eq!((job.id.as_str(), job.queue.as_str()), ("s0-5", "b"));
+    assert!(store
+        .finish_attempt(
+            &job,
+            &AttemptEnd::Succeeded { result: json!(1) },
+            &AttemptDetails::default(),
+            at(11)
+        )
+        .unwrap());
+    assert_eq!(counted_pending(&mut observer), 19);
+    assert_eq!(
+        queue_counts_of(&store),
+        [("a".to_string(), 11, 3, 1), ("b".to_string(), 8, 3, 1)]
+    );
+}
+
+/// A held job is passed over for the next of its queue, not for another queue's; a held
+/// settings row is waited for, not passed over.
+#[test]
+fn a_restricted_claim_passes_over_only_what_another_claim_holds() {
+    use crate::queue_settings::SettingsChange;
+    let Some(db) = TestSchema::new("claim_held") else {
+        return;
+    };
+    let store = Arc::new(db.open("n1"));
+    for (id, queue, priority) in [
+        ("c-high", "capped", 9),
+        ("c-mid", "capped", 5),
+        ("c-low", "capped", 4),
+        ("other", "other", 1),
+    ] {
+        store
+            .insert(id.into(), &queued_job(queue, priority), at(1))
+            .unwrap();
+    }
+    let change = SettingsChange {
+        concurrency: Some(Some(10)),
+        rate_per_second: None,
+    };
+    store.configure_queue("capped", &change, at(1)).unwrap();
+    let mut holder = db.client();
+    let holder_pid = backend_pid(&mut holder);
+
+    // Another transaction holds the best job of "capped" (a bulk action, a cancel).
+    let mut held = holder.transaction().unwrap();
+    held.execute("SELECT 1 FROM jobs WHERE id = 'c-high' FOR UPDATE", &[])
+        .unwrap();
+    assert_eq!(claimed_id(&store, 10).as_deref(), Some("c-mid"));
+    held.rollback().unwrap();
+
+    // Another claim holds the settings row of "capped": this claim waits for it.
+    let mut held = holder.transaction().unwrap();
+    held.execute("SELECT 1 FROM queues WHERE name = 'capped' FOR UPDATE", &[])
+        .unwrap();
+    let claimer = {
+        let store = Arc::clone(&store);
+        thread::spawn(move || claimed_id(&store, 10))
+    };
+    let mut observer = db.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
+            &[&holder_pid],
+        )
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the claim did not wait");
+        thread::yield_now();
+    }
+    held.commit().unwrap();
+    assert_eq!(claimer.join().unwrap().as_deref(), Some("c-high"));
+    assert_eq!(claimed_id(&store, 10).as_deref(), Some("c-low"));
+    assert_eq!(claimed_id(&store, 10).as_deref(), Some("other"));
+    assert_eq!(claimed_id(&store, 10), None);
+}
+
+/// Two first changes of a queue's settings at once keep each other's field.
+#[test]
+fn concurrent_first_settings_of_a_queue_keep_both_fields() {
+    use crate::queue_settings::SettingsChange;
+    let Some(db) = TestSchema::new("configure_race") else {
+        return;
+    };
+    let nodes = [Arc::new(db.open("n1")), Arc::new(db.open("n2"))];
+    for round in 0..20 {
+        let name = format!("q{round}");
+        let start = Arc::new(Barrier::new(2));
+        let changes = [
+            SettingsChange {
+                concurrency: Some(Some(2)),
+                rate_per_second: None,
+            },
+            SettingsChange {
+                concurrency: None,
+                rate_per_second: Some(Some(5.0)),
+            },
+        ];
+        let writers: Vec<_> = changes
+            .into_iter()
+            .zip(&nodes)
+            .map(|(change, store)| {
+                let (store, start, name) = (Arc::clone(store), Arc::clone(&start), name.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    store.configure_queue(&name, &change, at(1)).unwrap();
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let queue = nodes[0]
+            .queues()
+            .unwrap()
+            .into_iter()
+            .find(|queue| queue.name == name)
+            .unwrap();
+        assert_eq!(
+            (queue.concurrency, queue.rate_per_second),
+            (Some(2), Some(5.0)),
+            "round {round}"
+        );
+    }
 }
