@@ -17,11 +17,13 @@ mod functions;
 mod http;
 mod job;
 mod queue;
+mod retention;
 mod retry;
 mod running;
 mod server;
 mod store;
 mod time;
+mod waiters;
 mod worker;
 
 pub use config::Config;

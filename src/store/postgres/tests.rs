@@ -1026,6 +1026,7 @@ fn without_listen_the_watcher_polls_every_second() {
         Box::new(move || {
             let _ = woken.send(Instant::now());
         }),
+        Arc::new(|_| {}),
     )
     .unwrap();
     let first = wakes.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -1058,6 +1059,7 @@ fn a_listen_that_hears_nothing_falls_back_to_polling() {
         config.clone(),
         db.name.clone(),
         notify(woken),
+        Arc::new(|_| {}),
         "SELECT 1".into(),
     )
     .unwrap();
@@ -1076,7 +1078,7 @@ fn a_listen_that_hears_nothing_falls_back_to_polling() {
 
     // A real LISTEN hears its probe and stays quiet while nothing is queued.
     let (woken, wakes) = unbounded();
-    let watcher = Watcher::start(config, db.name.clone(), notify(woken)).unwrap();
+    let watcher = Watcher::start(config, db.name.clone(), notify(woken), Arc::new(|_| {})).unwrap();
     wakes.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(
         wakes.recv_timeout(Duration::from_secs(7)).is_err(),

@@ -13,6 +13,7 @@
 mod error;
 mod group_commit;
 mod reply;
+mod retention;
 mod row;
 mod schema;
 mod write_health;
@@ -554,6 +555,14 @@ impl Backend for SqliteStore {
 
     fn watch_other_nodes(&self, _on_queued: OnJobQueued) -> Result<()> {
         Ok(())
+    }
+
+    fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_ended(&self.writes, before, limit)
+    }
+
+    fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_idempotency_keys(&self.writes, before, limit)
     }
 }
 
