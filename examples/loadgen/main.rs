@@ -25,6 +25,7 @@ mod pg;
 mod pg_phases;
 mod phases;
 mod plan;
+mod prune;
 mod report;
 mod rng;
 mod seed;
@@ -49,7 +50,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
   --full          the figures of the performance issue (default; a few minutes)
   --quick         the same phases, smaller (under a minute)
   --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
-                  pg-submit, pg-end-to-end
+                  prune, pg-submit, pg-end-to-end
   --server PATH   the server binary (default: target/release/mini-lambda-rust)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
@@ -58,13 +59,14 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
     they are skipped when it does not answer or the server was built without --features postgres";
 
 /// The phases in the order they run; `--only` names them.
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 9] = [
     "ceiling",
     "submit",
     "normal",
     "end-to-end",
     "dispatch",
     "scale",
+    "prune",
     "pg-submit",
     "pg-end-to-end",
 ];
@@ -204,6 +206,9 @@ fn run(options: Options) -> Result<bool> {
     }
     if wanted("scale") {
         results.scale = phase("scale", &mut bench, failures, phases::scale);
+    }
+    if wanted("prune") {
+        results.prune = phase("prune", &mut bench, failures, prune::prune);
     }
     if (wanted("pg-submit") || wanted("pg-end-to-end")) && !interrupt::requested() {
         eprintln!("postgres: looking for a usable PostgreSQL");
