@@ -103,8 +103,8 @@ pub fn prune(bench: &mut Bench) -> Result<Prune> {
 
     let deadline = Instant::now()
         + match bench.plan.mode {
-            Mode::Full => Duration::from_secs(900),
-            Mode::Quick => Duration::from_secs(120),
+            Mode::Full => Duration::from_secs(1800),
+            Mode::Quick => Duration::from_secs(300),
         };
     progress(&format!(
         "prune: waiting for the other {after_rounds} expired jobs to go"

@@ -756,9 +756,7 @@ fn prune_rows(results: &Results, plan: &Plan) -> Vec<Row> {
             prune.map_or(0, |p| p.pruning.errors + p.baseline.errors),
             prune.and_then(|p| p.pruning.first_error.as_deref()),
         )
-        .note(prune.map(|p| {
-            format!("{} pruned during the rounds", p.pruned_during_rounds)
-        })),
+        .note(prune.map(|p| format!("{} pruned during the rounds", p.pruned_during_rounds))),
         Row::new(
             "prune_backlog",
             format!("pruning {jobs} expired jobs: time to empty"),

@@ -15,6 +15,8 @@ use crate::queue::{canonical_id, Cancel, Queue};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The longest `GET /jobs/:id?wait=N` may wait.
+pub const MAX_WAIT_SECONDS: u64 = 60;
 
 /// What every connection thread shares while it answers requests.
 pub struct AppState {
@@ -124,9 +126,6 @@ pub fn get(state: &AppState, id: &str, query: &str) -> Result<ApiResponse> {
     };
     Ok(ApiResponse::json(200, &job))
 }
-
-/// The longest `GET /jobs/:id?wait=N` may wait.
-pub const MAX_WAIT_SECONDS: u64 = 60;
 
 fn wait_seconds(value: &str) -> Result<u64> {
     Some(value)

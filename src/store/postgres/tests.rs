@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::*;
 use crate::job::AttemptStatus;
+use crate::store::EndedElsewhere;
 
 /// A schema of its own for one test; dropped (with everything in it) when the test ends.
 struct TestSchema {
@@ -1020,13 +1021,16 @@ fn without_listen_the_watcher_polls_every_second() {
         .parse()
         .unwrap();
     let (woken, wakes) = unbounded();
+    let (heard, hearings) = unbounded();
     let watcher = Watcher::start(
         config,
         "public".into(),
         Box::new(move || {
             let _ = woken.send(Instant::now());
         }),
-        Arc::new(|_| {}),
+        Arc::new(move |ended: EndedElsewhere<'_>| {
+            let _ = heard.send(ended == EndedElsewhere::Any);
+        }),
     )
     .unwrap();
     let first = wakes.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -1036,6 +1040,9 @@ fn without_listen_the_watcher_polls_every_second() {
         gap >= Duration::from_millis(900) && gap < Duration::from_millis(2_000),
         "{gap:?}"
     );
+    // Requests waiting for a job look again as often: any job may have ended elsewhere.
+    assert!(hearings.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert!(hearings.recv_timeout(Duration::from_secs(5)).unwrap());
     drop(watcher);
     // Stopped: no more calls once the drop has returned.
     while wakes.try_recv().is_ok() {}
