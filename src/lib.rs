@@ -19,12 +19,14 @@ mod idempotency;
 mod job;
 mod queue;
 mod queue_settings;
+mod retention;
 mod retry;
 mod running;
 mod schemas;
 mod server;
 mod store;
 mod time;
+mod waiters;
 mod worker;
 
 pub use config::Config;

@@ -9,7 +9,7 @@
 //! ones requested here, passes the store's `job_ended`, below both paths.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::info;
 use serde_json::Value;
@@ -242,6 +242,26 @@ impl Queue {
     pub fn get(&self, id: &str) -> Result<Job> {
         let id = canonical_id(id)?;
         self.store.get(&id)?.ok_or_else(|| not_found(&id))
+    }
+
+    /// The job once it has ended, or as it is after `patience`, whichever comes first. At
+    /// once when as many requests wait as may (the waiters' limit) or the server is stopping;
+    /// `NotFound` also if the job is deleted meanwhile. Woken by `job_ended`, here or on
+    /// another node, never by polling the job.
+    pub fn wait_for_end(&self, id: &str, patience: Duration) -> Result<Job> {
+        let id = canonical_id(id)?;
+        let deadline = Instant::now() + patience;
+        let Some(waiter) = self.store.waiters().register(&id) else {
+            return self.get(&id);
+        };
+        // Read after registering: an end between the two still wakes the waiter.
+        loop {
+            let job = self.get(&id)?;
+            if job.status.is_terminal() || waiter.stopping() || Instant::now() >= deadline {
+                return Ok(job);
+            }
+            waiter.wait_until(deadline);
+        }
     }
 
     /// Jobs newest first that pass `filter`, optionally older than the job `before` (a

@@ -1,6 +1,6 @@
 //! The composition root: start-up in order and the one shutdown sequence. `run` opens the
 //! store, takes this node's lease (recovering what lost nodes left running), starts workers,
-//! the lease keeper and the HTTP server, then waits for a
+//! the lease keeper, the retention thread and the HTTP server, then waits for a
 //! signal (or for the HTTP server to report that it can no longer accept). The first signal starts a
 //! graceful drain bounded by `SHUTDOWN_GRACE_SECONDS`; a second one ends the process at once.
 
@@ -18,6 +18,7 @@ use crate::functions::Functions;
 use crate::http::HttpServer;
 use crate::job::JobDefaults;
 use crate::queue::Queue;
+use crate::retention::{Pruner, Retention};
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::store::{Options, Store, SyncMode};
@@ -49,6 +50,8 @@ pub fn run(
         pool_size: config.database_pool_size,
     };
     let store = Arc::new(Store::open(&config.database, &options)?);
+    // A waiting request holds its connection's thread: half of them stay for the rest.
+    store.waiters().limit(config.max_connections / 2);
     let retry = RetryPolicy {
         base: config.retry_backoff,
         cap: config.retry_backoff_max,
@@ -110,6 +113,13 @@ pub fn run(
         waker.clone(),
         config.lease,
     )?;
+    let pruner = Pruner::start(
+        Arc::clone(&store),
+        Retention {
+            jobs: config.job_retention,
+            idempotency_keys: config.idempotency_ttl,
+        },
+    )?;
     store.watch_other_nodes(Box::new(move || waker.wake_one()))?;
     info!(
         "listening on http://{} with {} workers, database {}, node {}",
@@ -139,6 +149,9 @@ pub fn run(
         ),
     }
     server.refuse_new_requests();
+    // Requests waiting for a job answer now, with the job as it is.
+    store.waiters().stop();
+    pruner.stop();
     pool.begin_drain();
     select! {
         recv(pool.exited()) -> _ => info!("all due jobs finished"),

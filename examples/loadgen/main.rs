@@ -26,6 +26,7 @@ mod pg;
 mod pg_phases;
 mod phases;
 mod plan;
+mod prune;
 mod report;
 mod rng;
 mod seed;
@@ -50,7 +51,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
   --full          the figures of the performance issue (default; a few minutes)
   --quick         the same phases, smaller (under a minute)
   --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
-                  batch, pg-submit, pg-end-to-end, pg-batch
+                  batch, prune, pg-submit, pg-end-to-end, pg-batch
   --server PATH   the server binary (default: target/release/mini-lambda-rust)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
@@ -59,7 +60,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
     they are skipped when it does not answer or the server was built without --features postgres";
 
 /// The phases in the order they run; `--only` names them.
-const PHASES: [&str; 10] = [
+const PHASES: [&str; 11] = [
     "ceiling",
     "submit",
     "normal",
@@ -67,6 +68,7 @@ const PHASES: [&str; 10] = [
     "dispatch",
     "scale",
     "batch",
+    "prune",
     "pg-submit",
     "pg-end-to-end",
     "pg-batch",
@@ -207,6 +209,9 @@ fn run(options: Options) -> Result<bool> {
     }
     if wanted("scale") {
         results.scale = phase("scale", &mut bench, failures, phases::scale);
+    }
+    if wanted("prune") {
+        results.prune = phase("prune", &mut bench, failures, prune::prune);
     }
     if wanted("batch") {
         results.batch = phase("batch", &mut bench, failures, batch::sqlite);

@@ -23,6 +23,7 @@ pub struct Results {
     pub end_to_end: Option<EndToEnd>,
     pub dispatch: Option<Latency>,
     pub scale: Option<Scale>,
+    pub prune: Option<crate::prune::Prune>,
     pub pg_submit: Option<PgSubmit>,
     pub pg_end_to_end: Option<PgEndToEnd>,
     pub batch: Option<crate::batch::Batches>,
@@ -236,6 +237,7 @@ pub fn rows(results: &Results, plan: &Plan) -> Vec<Row> {
     rows.extend(memory_rows(results, plan));
     rows.extend(scale_rows(results, plan));
     rows.extend(crate::batch::rows("batch", "batch", results.batch.as_ref()));
+    rows.extend(prune_rows(results, plan));
     rows.extend(postgres_rows(results));
     rows.extend(crate::batch::rows(
         "pg_batch",
@@ -275,6 +277,7 @@ fn phase_of(key: &str) -> &'static str {
         _ if key.starts_with("submit") || key.starts_with("rss") => "submit",
         _ if key.starts_with("end_to_end") => "end-to-end",
         _ if key.starts_with("dispatch") => "dispatch",
+        _ if key.starts_with("prune") => "prune",
         _ => "scale",
     }
 }
@@ -743,6 +746,42 @@ fn memory_rows(results: &Results, plan: &Plan) -> Vec<Row> {
         .baseline("bare idle RSS", bare, RatioStyle::Times)
         .target("< 20 MiB", Target::Below(20.0)),
         backlog,
+    ]
+}
+
+/// Submits while retention prunes a backlog of expired jobs, against the same build with
+/// retention off (paired windows), and how long the backlog took.
+fn prune_rows(results: &Results, plan: &Plan) -> Vec<Row> {
+    let prune = results.prune.as_ref();
+    let jobs = prune.map_or(plan.scale_rows, |p| p.jobs);
+    vec![
+        Row::new(
+            "prune_submit_64",
+            format!("submit, 64 conns, pruning {jobs} expired jobs"),
+            prune.map(|p| p.pruning.per_second),
+            "jobs/s",
+        )
+        .baseline(
+            "same build, retention off (paired)",
+            prune.map(|p| p.baseline.per_second),
+            RatioStyle::Percent,
+        )
+        .target(">= 90% of retention off", Target::RatioAtLeast(0.9))
+        .errors(
+            prune.map_or(0, |p| p.pruning.errors + p.baseline.errors),
+            prune.and_then(|p| p.pruning.first_error.as_deref()),
+        )
+        .note(prune.map(|p| format!("{} pruned during the rounds", p.pruned_during_rounds))),
+        Row::new(
+            "prune_backlog",
+            format!("pruning {jobs} expired jobs: time to empty"),
+            prune.and_then(|p| p.seconds),
+            "s",
+        )
+        .note(prune.map(|p| match p.seconds {
+            Some(seconds) => format!("{:.0} jobs/s", p.jobs as f64 / seconds.max(1e-9)),
+            None => format!("not done by the deadline: {} left", p.left),
+        })),
     ]
 }
 

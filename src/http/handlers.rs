@@ -14,6 +14,8 @@ use crate::queue::{canonical_id, Cancel, JobFilter, Queue};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The longest `GET /jobs/:id?wait=N` may wait.
+pub const MAX_WAIT_SECONDS: u64 = 60;
 
 /// What every connection thread shares while it answers requests.
 pub struct AppState {
@@ -81,9 +83,40 @@ pub fn functions(state: &AppState) -> ApiResponse {
     ApiResponse::json(200, &state.functions.list())
 }
 
-pub fn get(state: &AppState, id: &str) -> Result<ApiResponse> {
-    let job = state.queue.get(id)?;
+/// `GET /jobs/:id`, and with `?wait=N` (1 to `MAX_WAIT_SECONDS`) the job once it has
+/// ended or after N seconds, whichever comes first (`Queue::wait_for_end`).
+pub fn get(state: &AppState, id: &str, query: &str) -> Result<ApiResponse> {
+    let mut wait = None;
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "wait" if wait.is_none() => wait = Some(wait_seconds(&value)?),
+            "wait" => return Err(Error::Validation("wait is given more than once".into())),
+            other => {
+                return Err(Error::Validation(format!(
+                    "unknown query parameter {other:?}; allowed is wait"
+                )))
+            }
+        }
+    }
+    let job = match wait {
+        Some(seconds) => state
+            .queue
+            .wait_for_end(id, std::time::Duration::from_secs(seconds))?,
+        None => state.queue.get(id)?,
+    };
     Ok(ApiResponse::json(200, &job))
+}
+
+fn wait_seconds(value: &str) -> Result<u64> {
+    Some(value)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .filter(|seconds| (1..=MAX_WAIT_SECONDS).contains(seconds))
+        .ok_or_else(|| {
+            Error::Validation(format!(
+                "wait must be a whole number of seconds from 1 to {MAX_WAIT_SECONDS}, got {value:?}"
+            ))
+        })
 }
 
 pub fn list(state: &AppState, query: &str) -> Result<ApiResponse> {

@@ -105,7 +105,7 @@ pub fn route(
             bulk::bulk(state, action, body)
         }
         Endpoint::List => handlers::list(state, query),
-        Endpoint::Get(id) => handlers::get(state, id),
+        Endpoint::Get(id) => handlers::get(state, id, query),
         Endpoint::Delete(id) => handlers::delete(state, id),
         Endpoint::Retry(id) => handlers::retry(state, id),
         Endpoint::Cancel(id) => handlers::cancel(state, id),

@@ -3,7 +3,8 @@
 //! the cargo feature `postgres`) implement it, and own every SQL statement, their schema and
 //! its migrations. [`Store`] is what the rest of the server holds: it picks the backend from a
 //! [`Location`] and adds what every backend shares, the one hook every end of a job passes
-//! (`job_ended`).
+//! (`job_ended`), which wakes the requests waiting for that job ([`Waiters`]) and has the
+//! backend tell the other nodes.
 //!
 //! The store knows the job model and its database; never HTTP, nor the configuration: the
 //! caller passes plain values ([`Options`]). Job state transitions are the model's
@@ -21,12 +22,14 @@ pub mod sqlite;
 pub(crate) mod test_dir;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
+use crate::waiters::Waiters;
 use bulk::{Batch, BatchDone, BulkAction, BulkFilter};
 
 /// Where the jobs are stored.
@@ -171,6 +174,19 @@ pub enum Inserted {
 /// Called when another node may have queued a job (PostgreSQL's `LISTEN/NOTIFY`, or a poll).
 pub type OnJobQueued = Box<dyn Fn() + Send + Sync>;
 
+/// What a node heard of jobs that ended on other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // Heard on PostgreSQL only.
+pub enum EndedElsewhere<'a> {
+    /// This job ended (or was deleted before it had).
+    Job(&'a str),
+    /// Any job may have ended: notifications do not arrive, so waiters must look again.
+    Any,
+}
+
+/// Called with what the node hears of jobs ending elsewhere (PostgreSQL's `LISTEN/NOTIFY`).
+pub type OnEndedElsewhere = Arc<dyn Fn(EndedElsewhere<'_>) + Send + Sync>;
+
 /// What a database must do for the server. Every method is one transaction (or one read);
 /// a method that returns an error has changed nothing.
 pub trait Backend: Send + Sync {
@@ -295,6 +311,7 @@ pub trait Backend: Send + Sync {
         change: &SettingsChange,
         now: Timestamp,
     ) -> Result<QueueSummary>;
+
     // Bulk actions (`bulk`: the loop is `Store::bulk`; each backend's SQL is its `bulk.rs`).
 
     /// The highest `seq` of any job, 0 with none: a bulk action leaves later jobs alone.
@@ -312,6 +329,27 @@ pub trait Backend: Send + Sync {
         batch: &Batch<'_>,
         now: Timestamp,
     ) -> Result<BatchDone>;
+
+    // -- Retention, and waiting for the end of a job on another node ---------------------
+
+    /// Deletes up to `limit` jobs that ended (success, failed, timeout, cancelled) before
+    /// `before`, oldest end first, with their attempts and the idempotency keys whose job
+    /// they are; returns how many jobs. One short transaction: a caller prunes a backlog in
+    /// many calls, so other writers never wait long. Several nodes may prune at once.
+    fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize>;
+
+    /// Deletes up to `limit` idempotency keys created before `before`, oldest first; returns
+    /// how many.
+    fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize>;
+
+    /// Tells the other nodes, soon and without blocking, that the job `id` ended here, for
+    /// their requests waiting on it. A backend without other nodes does nothing.
+    fn announce_ended(&self, _id: &str) {}
+
+    /// Calls `on_heard` from the thread `watch_other_nodes` starts, with what it hears of
+    /// jobs ending on other nodes. Called once, before `watch_other_nodes`. A backend without
+    /// other nodes does nothing.
+    fn hear_ended_elsewhere(&self, _on_heard: OnEndedElsewhere) {}
 }
 
 /// How a job left the queue for good, as `job_ended` hears of it.
@@ -326,6 +364,8 @@ pub enum Ending {
 /// The store the server holds: a backend, and what every backend shares.
 pub struct Store {
     backend: Box<dyn Backend>,
+    /// The requests waiting for a job to end, woken by `job_ended` and by other nodes.
+    waiters: Arc<Waiters>,
     /// What `job_ended` saw, for the tests that check every end passes it once.
     #[cfg(test)]
     ended: std::sync::Mutex<Vec<(String, Ending)>>,
@@ -351,8 +391,15 @@ impl Store {
     }
 
     pub fn with_backend(backend: Box<dyn Backend>) -> Store {
+        let waiters = Arc::new(Waiters::default());
+        let woken = Arc::clone(&waiters);
+        backend.hear_ended_elsewhere(Arc::new(move |heard| match heard {
+            EndedElsewhere::Job(id) => woken.wake(id),
+            EndedElsewhere::Any => woken.wake_all(),
+        }));
         Store {
             backend,
+            waiters,
             #[cfg(test)]
             ended: std::sync::Mutex::default(),
         }
@@ -502,6 +549,19 @@ impl Store {
         self.backend.configure_queue(name, change, now)
     }
 
+    pub fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        self.backend.prune_ended(before, limit)
+    }
+
+    pub fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        self.backend.prune_idempotency_keys(before, limit)
+    }
+
+    /// The requests waiting for a job to end.
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
     /// Passes the job to `job_ended` if the outcome just recorded for its attempt ends it.
     fn attempt_recorded(&self, job: &Job, end: &AttemptEnd) {
         if let Some(status) = end.final_status() {
@@ -512,15 +572,18 @@ impl Store {
     /// The one point every job passes when it ends for good: a worker's outcome that leaves it
     /// success, failed, timeout or cancelled (a recovery's too), the cancel of a pending job,
     /// and the delete of a job that had not ended. A scheduled retry or a release is no end; a
-    /// manual retry starts the job over, and it ends here again. Nothing listens yet: metrics
-    /// and webhooks hang here. Runs on the caller's thread once its write is answered; a
-    /// worker's outcome may be answered before it is on disk (SQLite), so after a crash a job
-    /// can end here twice.
+    /// manual retry starts the job over, and it ends here again. It wakes the requests
+    /// waiting for the job here, and has the backend tell the other nodes for theirs; metrics
+    /// and webhooks would hang here too. Runs on the caller's thread once its write is
+    /// answered; a worker's outcome may be answered before it is on disk (SQLite), so after a
+    /// crash a job can end here twice.
     fn job_ended(&self, id: &str, ending: Ending) {
         debug_assert!(
             !matches!(ending, Ending::Finished(status) if !status.is_terminal()),
             "job {id} reported ended as {ending:?}"
         );
+        self.waiters.wake(id);
+        self.backend.announce_ended(id);
         #[cfg(test)]
         self.ended
             .lock()

@@ -14,6 +14,7 @@ mod list;
 mod notify;
 mod pool;
 mod queues;
+mod retention;
 mod row;
 mod schema;
 mod statements;
@@ -23,7 +24,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
@@ -31,8 +32,8 @@ use postgres::Client;
 
 use super::bulk::{Batch, BatchDone, BulkAction, BulkFilter};
 use super::{
-    not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow, OnJobQueued,
-    Options, Page, RunningHere, StoredKey, SyncMode,
+    not_found, Backend, Cancel, FinishAndClaim, Inserted, JobFilter, NewKey, NewRow,
+    OnEndedElsewhere, OnJobQueued, Options, Page, RunningHere, StoredKey, SyncMode,
 };
 use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus};
@@ -76,10 +77,12 @@ pub struct PostgresStore {
     started_at: Timestamp,
     /// The `LISTEN` thread, once `watch_other_nodes` started it; stopped when the store is.
     watcher: Mutex<Option<Watcher>>,
-    /// Tells the other nodes of jobs this one queued, once they are committed.
+    /// Tells the other nodes of jobs this one queued or ended, once they are committed.
     announcer: Announcer,
     /// When this node last folded the counter rows of ended sessions; `None` before the first.
     compacted_at: Mutex<Option<Instant>>,
+    /// What the watcher calls with the jobs other nodes ended (`hear_ended_elsewhere`).
+    on_ended_elsewhere: OnceLock<OnEndedElsewhere>,
 }
 
 impl PostgresStore {
@@ -121,6 +124,7 @@ impl PostgresStore {
         };
         let pool = Pool::open(config.clone(), options.pool_size, setup).map_err(unusable)?;
         let schema = pool.run(schema::migrate).map_err(unusable)?;
+        let announcer = Announcer::start(config.clone(), schema.clone())?;
         Ok(PostgresStore {
             pool,
             schema,
@@ -128,7 +132,8 @@ impl PostgresStore {
             node: options.node.clone(),
             started_at: Timestamp::now(),
             watcher: Mutex::new(None),
-            announcer: Announcer::start(config.clone())?,
+            announcer,
+            on_ended_elsewhere: OnceLock::new(),
             config,
             compacted_at: Mutex::new(None),
         })
@@ -520,7 +525,17 @@ impl Backend for PostgresStore {
     }
 
     fn watch_other_nodes(&self, on_queued: OnJobQueued) -> Result<()> {
-        let watcher = Watcher::start(self.config.clone(), self.schema.clone(), on_queued)?;
+        let on_ended = self
+            .on_ended_elsewhere
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(|_| {}));
+        let watcher = Watcher::start(
+            self.config.clone(),
+            self.schema.clone(),
+            on_queued,
+            on_ended,
+        )?;
         let mut slot = self
             .watcher
             .lock()
@@ -574,6 +589,23 @@ impl Backend for PostgresStore {
         now: Timestamp,
     ) -> Result<BatchDone> {
         self.bulk_batch_in(action, filter, batch, now)
+    }
+
+    fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_ended(&self.pool, before, limit)
+    }
+
+    fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_idempotency_keys(&self.pool, before, limit)
+    }
+
+    fn announce_ended(&self, id: &str) {
+        self.announcer.job_ended(id);
+    }
+
+    fn hear_ended_elsewhere(&self, on_heard: OnEndedElsewhere) {
+        // Called once, by `Store::with_backend`; a later call has nothing to add.
+        let _ = self.on_ended_elsewhere.set(on_heard);
     }
 }
 

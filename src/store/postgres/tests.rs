@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::*;
 use crate::job::{AttemptStatus, NewJob};
+use crate::store::EndedElsewhere;
 
 /// A schema of its own for one test; dropped (with everything in it) when the test ends.
 struct TestSchema {
@@ -1050,11 +1051,15 @@ fn without_listen_the_watcher_polls_every_second() {
         .parse()
         .unwrap();
     let (woken, wakes) = unbounded();
+    let (heard, hearings) = unbounded();
     let watcher = Watcher::start(
         config,
         "public".into(),
         Box::new(move || {
             let _ = woken.send(Instant::now());
+        }),
+        Arc::new(move |ended: EndedElsewhere<'_>| {
+            let _ = heard.send(ended == EndedElsewhere::Any);
         }),
     )
     .unwrap();
@@ -1065,6 +1070,9 @@ fn without_listen_the_watcher_polls_every_second() {
         gap >= Duration::from_millis(900) && gap < Duration::from_millis(2_000),
         "{gap:?}"
     );
+    // Requests waiting for a job look again as often: any job may have ended elsewhere.
+    assert!(hearings.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert!(hearings.recv_timeout(Duration::from_secs(5)).unwrap());
     drop(watcher);
     // Stopped: no more calls once the drop has returned.
     while wakes.try_recv().is_ok() {}
@@ -1088,6 +1096,7 @@ fn a_listen_that_hears_nothing_falls_back_to_polling() {
         config.clone(),
         db.name.clone(),
         notify(woken),
+        Arc::new(|_| {}),
         "SELECT 1".into(),
     )
     .unwrap();
@@ -1106,7 +1115,7 @@ fn a_listen_that_hears_nothing_falls_back_to_polling() {
 
     // A real LISTEN hears its probe and stays quiet while nothing is queued.
     let (woken, wakes) = unbounded();
-    let watcher = Watcher::start(config, db.name.clone(), notify(woken)).unwrap();
+    let watcher = Watcher::start(config, db.name.clone(), notify(woken), Arc::new(|_| {})).unwrap();
     wakes.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(
         wakes.recv_timeout(Duration::from_secs(7)).is_err(),

@@ -14,6 +14,7 @@ mod error;
 mod group_commit;
 mod queues;
 mod reply;
+mod retention;
 mod row;
 mod schema;
 mod submit;
@@ -595,6 +596,14 @@ impl Backend for SqliteStore {
         now: Timestamp,
     ) -> Result<BatchDone> {
         self.bulk_batch_in(action, filter, batch, now)
+    }
+
+    fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_ended(&self.writes, before, limit)
+    }
+
+    fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        retention::prune_idempotency_keys(&self.writes, before, limit)
     }
 }
 
