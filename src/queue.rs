@@ -34,6 +34,11 @@ pub use crate::store::{Answer, Cancel, JobFilter, Page};
 /// so that `RUST_LOG` filters and log readers see them as before.
 const LOG_TARGET: &str = "mini_lambda_rust::http::handlers";
 
+/// After a waiter hears its job ended, how soon it reads it again while the end is not yet
+/// visible (doubling each time, up to `SETTLE_LAST`).
+const SETTLE_FIRST: Duration = Duration::from_millis(2);
+const SETTLE_LAST: Duration = Duration::from_millis(100);
+
 /// The most jobs one batch submit may hold.
 pub const MAX_BATCH_JOBS: usize = 1000;
 
@@ -255,12 +260,22 @@ impl Queue {
             return self.get(&id);
         };
         // Read after registering: an end between the two still wakes the waiter.
+        let mut settling = SETTLE_FIRST;
+        let mut woken = false;
         loop {
             let job = self.get(&id)?;
             if job.status.is_terminal() || waiter.stopping() || Instant::now() >= deadline {
                 return Ok(job);
             }
-            waiter.wait_until(deadline);
+            if woken {
+                // The end was heard before a read could see it: an outcome is answered, and so
+                // heard of, before its batch commits (SQLite), and a notification may outrun
+                // the reader's snapshot. Its commit is a moment away: look again shortly.
+                waiter.wait_until(deadline.min(Instant::now() + settling));
+                settling = (settling * 2).min(SETTLE_LAST);
+            } else {
+                woken = waiter.wait_until(deadline);
+            }
         }
     }
 

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -88,11 +89,15 @@ impl Contract {
     }
 }
 
-/// The file's identity for the cache: a rewrite changes its size or its modification time.
+/// The file's identity for the cache: a rewrite changes its size, its modification time or
+/// its change time (to the nanosecond, so two writes of one size within a second differ), and
+/// a file renamed into place (an editor's save) its inode.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
+    inode: u64,
 }
 
 /// Compiled contracts by function name.
@@ -113,6 +118,8 @@ impl Schemas {
         let stamp = Stamp {
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            inode: metadata.ino(),
         };
         if let Some((cached, contract)) = self.lock().get(function) {
             if *cached == stamp {

@@ -83,6 +83,7 @@ pub fn run(
         max_retries: config.default_max_retries,
     };
     let (waker, wakeups) = Waker::for_workers(config.worker_count);
+    let idempotency_ttl = idempotency_ttl(&config);
     let queue = Arc::new(
         Queue::new(
             Arc::clone(&store),
@@ -92,7 +93,7 @@ pub fn run(
             defaults,
             config.node_id.clone(),
         )
-        .with_idempotency_ttl(config.idempotency_ttl),
+        .with_idempotency_ttl(idempotency_ttl),
     );
     // The port first: a node that cannot serve (the address is taken) must not have claimed
     // jobs from a queue other nodes share.
@@ -117,7 +118,7 @@ pub fn run(
         Arc::clone(&store),
         Retention {
             jobs: config.job_retention,
-            idempotency_keys: config.idempotency_ttl,
+            idempotency_keys: idempotency_ttl,
         },
     )?;
     store.watch_other_nodes(Box::new(move || waker.wake_one()))?;
@@ -193,5 +194,25 @@ fn sync_mode(durability: Durability) -> SyncMode {
     match durability {
         Durability::Full => SyncMode::EveryCommit,
         Durability::Normal => SyncMode::Deferred,
+    }
+}
+
+/// How long idempotency keys are kept: `IDEMPOTENCY_TTL_SECONDS`, but never longer than ended
+/// jobs are. Retention deletes a key with its job; a key that outlived its (pruned) job would
+/// let a repeat create the job again, so the key must expire first. Every job of a key is
+/// submitted when the key is stored and ends later, so it is pruned no sooner than that.
+fn idempotency_ttl(config: &Config) -> Duration {
+    match config.job_retention {
+        Some(retention) if retention < config.idempotency_ttl => {
+            warn!(
+                "IDEMPOTENCY_TTL_SECONDS ({} s) is longer than JOB_RETENTION_SECONDS ({} s): \
+                 idempotency keys are kept {} s, so that no key outlives its jobs",
+                config.idempotency_ttl.as_secs(),
+                retention.as_secs(),
+                retention.as_secs()
+            );
+            retention
+        }
+        _ => config.idempotency_ttl,
     }
 }

@@ -241,3 +241,46 @@ fn on_postgresql_a_job_that_ends_on_another_node_wakes_the_wait_here() {
     let late = answered - ts(&job, "finished_at");
     assert!(late < 1_000_000, "answered {late} µs after the job ended");
 }
+
+/// Under load, many jobs end in each commit batch, each heard of before its batch commits:
+/// every wait must still answer when its job ends, not when its `wait` runs out.
+#[test]
+fn waits_on_many_jobs_ending_together_each_answer_at_their_end() {
+    let server = TestServer::builder().env("WORKER_COUNT", "16").start();
+    // Jobs a year ahead, submitted meanwhile, keep the writer's batches full.
+    let busy = {
+        let addr = server.addr;
+        thread::spawn(move || {
+            let body = json!({"payload": {"duration_ms": 0}, "delay_seconds": 31_536_000});
+            for _ in 0..2_000 {
+                request(
+                    addr,
+                    "POST",
+                    "/jobs",
+                    &[],
+                    Some(body.to_string().as_bytes()),
+                );
+            }
+        })
+    };
+    let ids: Vec<String> = (0..200)
+        .map(|n| server.submit(json!({"payload": {"duration_ms": 20 + n % 7 * 5}})))
+        .collect();
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (addr, id) = (server.addr, id.clone());
+            thread::spawn(move || wait_for(addr, &id, "30"))
+        })
+        .collect();
+    for wait in waits {
+        let (response, took) = wait.join().expect("a waiting thread");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["status"], "success", "{}", response.text());
+        assert!(
+            took < secs(10),
+            "a wait took {took:?}: it missed its job's end"
+        );
+    }
+    busy.join().expect("the submitting thread");
+}

@@ -773,14 +773,18 @@ fn prune_rows(results: &Results, plan: &Plan) -> Vec<Row> {
         )
         .note(prune.map(|p| format!("{} pruned during the rounds", p.pruned_during_rounds))),
         Row::new(
-            "prune_backlog",
-            format!("pruning {jobs} expired jobs: time to empty"),
-            prune.and_then(|p| p.seconds),
-            "s",
+            "prune_rate",
+            format!("pruning {jobs} expired jobs: rate, server alone"),
+            prune.map(|p| p.rate),
+            "jobs/s",
         )
         .note(prune.map(|p| match p.seconds {
-            Some(seconds) => format!("{:.0} jobs/s", p.jobs as f64 / seconds.max(1e-9)),
-            None => format!("not done by the deadline: {} left", p.left),
+            Some(seconds) => format!("all gone in {seconds:.0} s"),
+            None => format!(
+                "{} left after the watch; all of them in about {:.0} min at this rate",
+                p.left,
+                p.jobs as f64 / p.rate.max(1e-9) / 60.0
+            ),
         })),
     ]
 }
