@@ -216,3 +216,38 @@ fn idempotency_ttl(config: &Config) -> Duration {
         _ => config.idempotency_ttl,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_never_outlive_the_jobs_they_created() {
+        let ttl = |pairs: &[(&str, &str)]| {
+            let config = Config::from_lookup(|name| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            })
+            .unwrap();
+            idempotency_ttl(&config)
+        };
+        assert_eq!(ttl(&[]), Duration::from_secs(86_400));
+        assert_eq!(
+            ttl(&[("JOB_RETENTION_SECONDS", "3600")]),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            ttl(&[("JOB_RETENTION_SECONDS", "0")]),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            ttl(&[
+                ("JOB_RETENTION_SECONDS", "600"),
+                ("IDEMPOTENCY_TTL_SECONDS", "60")
+            ]),
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -120,9 +120,12 @@ fn ended_jobs_go_with_their_attempts_and_keys_and_pending_running_and_scheduled_
     let now = now_micros();
     let (seq_succeeded, seq_scheduled) = (sql.seq_of(&succeeded), sql.seq_of(&scheduled));
     sql.add_key("of-an-ended-job", Some(seq_succeeded), now);
-    sql.add_key("of-a-scheduled-job", Some(seq_scheduled), now);
+    // Keys are kept at most as long as jobs (1 s here): these two are dated ten minutes
+    // ahead, so that only their job, not their age, could remove them during the test.
+    let ahead = now + 600_000_000;
+    sql.add_key("of-a-scheduled-job", Some(seq_scheduled), ahead);
     sql.add_key("expired", None, 0);
-    sql.add_key("fresh", None, now);
+    sql.add_key("fresh", None, ahead);
 
     let ended = [&succeeded, &failed, &timed_out, &cancelled];
     eventually(secs(20), "every ended job pruned", || {
