@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 fn cluster_database() -> Option<Database> {
@@ -27,16 +27,6 @@ fn node(database: &Database, id: &str, workers: usize) -> TestServer {
         .env("NODE_ID", id)
         .env("WORKER_COUNT", &workers.to_string())
         .start()
-}
-
-fn put_json(server: &TestServer, path: &str, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap();
-    server.request(
-        "PUT",
-        path,
-        &[("Content-Type", "application/json")],
-        Some(&bytes),
-    )
 }
 
 fn running(server: &TestServer, queue: &str) -> u64 {

@@ -8,16 +8,6 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-fn put_json(server: &TestServer, path: &str, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap();
-    server.request(
-        "PUT",
-        path,
-        &[("Content-Type", "application/json")],
-        Some(&bytes),
-    )
-}
-
 /// `GET /queues`, asserting 200 and an array.
 fn queues(server: &TestServer) -> Vec<Value> {
     let response = server.get("/queues");

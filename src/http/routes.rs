@@ -96,12 +96,7 @@ pub fn route(
         }
         Endpoint::Function(name) => function::function(state, name),
         Endpoint::Bulk(action) => {
-            let body = parse_json(&read_json_bytes(
-                request,
-                body,
-                body_limits(state),
-                body_read,
-            )?)?;
+            let body = read_json_value(request, body, state, body_read)?;
             bulk::bulk(state, action, body)
         }
         Endpoint::List => handlers::list(state, query),
@@ -112,17 +107,27 @@ pub fn route(
         Endpoint::Attempts(id) => handlers::attempts(state, id),
         Endpoint::Queues => queues::list(state),
         Endpoint::ConfigureQueue(name) => {
-            let body = parse_json(&read_json_bytes(
-                request,
-                body,
-                body_limits(state),
-                body_read,
-            )?)?;
+            let body = read_json_value(request, body, state, body_read)?;
             queues::configure(state, name, body)
         }
         Endpoint::PauseQueue(name) => queues::pause(state, name),
         Endpoint::ResumeQueue(name) => queues::resume(state, name),
     }
+}
+
+/// The body as JSON, read within the body limits.
+fn read_json_value(
+    request: &mut Request,
+    body: &Body,
+    state: &AppState,
+    body_read: &mut bool,
+) -> Result<serde_json::Value> {
+    parse_json(&read_json_bytes(
+        request,
+        body,
+        body_limits(state),
+        body_read,
+    )?)
 }
 
 fn body_limits(state: &AppState) -> BodyLimits {

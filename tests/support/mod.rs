@@ -1235,6 +1235,18 @@ pub fn ids(jobs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// `PUT path` with a JSON body.
+#[allow(dead_code)] // Not every test binary uses it.
+pub fn put_json(server: &TestServer, path: &str, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("JSON encodes");
+    server.request(
+        "PUT",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(&bytes),
+    )
+}
+
 #[cfg(test)]
 mod self_tests {
     use super::*;
