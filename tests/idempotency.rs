@@ -337,3 +337,77 @@ fn sixteen_concurrent_batches_with_one_key_create_one_batch() {
         2,
     );
 }
+
+/// Clients submitting keyed batches while the server is killed (`kill -9`): after the restart
+/// every acknowledged batch replays its first answer, a request left unanswered by the kill
+/// either replays or creates its batch, and each key has exactly one batch stored.
+#[test]
+fn keyed_batches_survive_a_kill_9_in_the_middle_of_submits() {
+    let mut server = TestServer::start();
+    let addr = server.addr;
+    let body = |client: usize, n: usize| {
+        json!({"jobs": [later(client * 10_000 + n * 3), later(client * 10_000 + n * 3 + 1),
+                        later(client * 10_000 + n * 3 + 2)]})
+    };
+    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let acknowledged = Arc::clone(&acknowledged);
+            thread::spawn(move || {
+                // (key, body, the answer's body if one came)
+                let mut sent: Vec<(String, Value, Option<String>)> = Vec::new();
+                for n in 0.. {
+                    let key = format!("client-{client}-{n}");
+                    let bytes = serde_json::to_vec(&body(client, n)).unwrap();
+                    let headers = [
+                        ("Content-Type", "application/json"),
+                        ("Idempotency-Key", key.as_str()),
+                    ];
+                    match support::try_request(addr, "POST", "/jobs/batch", &headers, Some(&bytes))
+                    {
+                        Ok(response) if response.status == 201 => {
+                            sent.push((key, body(client, n), Some(response.text())));
+                            acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        _ => {
+                            sent.push((key, body(client, n), None));
+                            return sent;
+                        }
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(30), "40 batches acknowledged", || {
+        (acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 40).then_some(())
+    });
+    server.restart();
+    let mut keys = 0;
+    for client in clients {
+        for (key, body, answer) in client.join().expect("a client thread") {
+            keys += 1;
+            let again = post_with_key(&server, "/jobs/batch", &key, &body);
+            assert_eq!(again.status, 201, "{key}: {}", again.text());
+            if let Some(first) = answer {
+                assert_eq!(again.header(REPLAYED), Some("true"), "{key}");
+                assert_eq!(
+                    again.text(),
+                    first,
+                    "{key}: another answer after the restart"
+                );
+            }
+        }
+    }
+    // Every job waits an hour: the default queue's pending count is every stored job.
+    let queues = server.get("/queues").json();
+    let pending = queues
+        .as_array()
+        .and_then(|queues| queues.iter().find(|queue| queue["name"] == "default"))
+        .map(|queue| queue["counts"]["pending"].clone());
+    assert_eq!(
+        pending,
+        Some(json!(keys * 3)),
+        "each key must have exactly one batch of three jobs: {queues}"
+    );
+}
