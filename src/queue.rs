@@ -123,12 +123,7 @@ impl Queue {
         key: Option<&Idempotency>,
         answer: impl FnOnce(&[String]) -> Result<Answer>,
     ) -> Result<Submitted> {
-        let now = Timestamp::now();
-        if let Some(replayed) = self.replay(key, now)? {
-            return Ok(replayed);
-        }
-        let job = self.validate(body, now)?;
-        self.store_jobs(vec![job], key, now, answer)
+        self.submit_jobs(key, answer, |now| Ok(vec![self.validate(body, now)?]))
     }
 
     /// `submit` for `{"jobs": [<submit body>, ...]}` (`POST /jobs/batch`): 1 to
@@ -141,15 +136,28 @@ impl Queue {
         key: Option<&Idempotency>,
         answer: impl FnOnce(&[String]) -> Result<Answer>,
     ) -> Result<Submitted> {
+        self.submit_jobs(key, answer, |now| {
+            batch_items(body)?
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| self.validate(item, now).map_err(|err| in_item(index, err)))
+                .collect()
+        })
+    }
+
+    /// Both submits: the answer stored with `key` if it was, else the jobs `validated` makes,
+    /// stored. The key is looked up before the body is validated (see `replay`).
+    fn submit_jobs(
+        &self,
+        key: Option<&Idempotency>,
+        answer: impl FnOnce(&[String]) -> Result<Answer>,
+        validated: impl FnOnce(Timestamp) -> Result<Vec<NewJob>>,
+    ) -> Result<Submitted> {
         let now = Timestamp::now();
         if let Some(replayed) = self.replay(key, now)? {
             return Ok(replayed);
         }
-        let jobs = batch_items(body)?
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| self.validate(item, now).map_err(|err| in_item(index, err)))
-            .collect::<Result<Vec<_>>>()?;
+        let jobs = validated(now)?;
         self.store_jobs(jobs, key, now, answer)
     }
 
