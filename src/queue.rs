@@ -267,18 +267,20 @@ impl Queue {
         let Some(waiter) = self.store.waiters().register(&id) else {
             return self.get(&id);
         };
-        // Read after registering: an end between the two still wakes the waiter.
+        // Read after registering: an end between the two still wakes the waiter. Read as the
+        // writer sees it: an end is heard as soon as it is answered, which on SQLite is before
+        // its batch commits, so the reader could still show the job running.
         let mut settling = SETTLE_FIRST;
         let mut woken = false;
         loop {
-            let job = self.get(&id)?;
+            let job = self.store.get_latest(&id)?.ok_or_else(|| not_found(&id))?;
             if job.status.is_terminal() || waiter.stopping() || Instant::now() >= deadline {
                 return Ok(job);
             }
             if woken {
-                // The end was heard before a read could see it: an outcome is answered, and so
-                // heard of, before its batch commits (SQLite), and a notification may outrun
-                // the reader's snapshot. Its commit is a moment away: look again shortly.
+                // Woken, yet the job has not ended as read: a wake-up for every waiter (another
+                // node's notifications not arriving), or an end this read cannot see yet. Look
+                // again shortly rather than sleep to the deadline.
                 waiter.wait_until(deadline.min(Instant::now() + settling));
                 settling = (settling * 2).min(SETTLE_LAST);
             } else {

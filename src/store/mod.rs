@@ -223,6 +223,12 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, id: &str) -> Result<Option<Job>>;
 
+    /// `get`, seeing every write already answered, even one whose commit is still under way:
+    /// what a request waiting for the job's end reads once `job_ended` has woken it.
+    fn get_latest(&self, id: &str) -> Result<Option<Job>> {
+        self.get(id)
+    }
+
     /// Jobs newest first that pass `filter`, optionally older than the job `before`.
     fn list(&self, filter: &JobFilter, before: Option<&str>, limit: usize) -> Result<Page>;
 
@@ -430,6 +436,10 @@ impl Store {
     #[cfg(test)]
     pub fn insert(&self, id: String, job: &NewJob, now: Timestamp) -> Result<()> {
         self.backend.insert(id, job, now)
+    }
+
+    pub fn get_latest(&self, id: &str) -> Result<Option<Job>> {
+        self.backend.get_latest(id)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Job>> {

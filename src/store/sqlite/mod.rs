@@ -260,6 +260,19 @@ impl Backend for SqliteStore {
 
     // -- end of submits ---------------------------------------------------------------------
 
+    /// Read through the writer: an outcome is answered, and `job_ended` called, before its
+    /// batch commits, so the reader may not see it yet.
+    fn get_latest(&self, id: &str) -> Result<Option<Job>> {
+        let id = id.to_string();
+        let raw = self.writes.write_unsynced(move |writer| {
+            Ok(writer
+                .prepare_cached(SELECT_BY_ID)?
+                .query_row([&id], RawJob::from_row)
+                .optional()?)
+        })?;
+        raw.map(RawJob::into_job).transpose()
+    }
+
     fn get(&self, id: &str) -> Result<Option<Job>> {
         let raw = self
             .read()
