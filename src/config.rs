@@ -16,7 +16,7 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-pub const VARIABLES: [Variable; 26] = [
+pub const VARIABLES: [Variable; 30] = [
     Variable {
         name: "SERVER_ADDR",
         default: "127.0.0.1:3000",
@@ -148,6 +148,26 @@ pub const VARIABLES: [Variable; 26] = [
         default: "",
         meaning: "submits per client, e.g. 200/s or 3000/m (burst the same; unset: no limit)",
     },
+    Variable {
+        name: "API_READ_TOKEN",
+        default: "",
+        meaning: "a second token that may only read (every GET); needs API_TOKEN",
+    },
+    Variable {
+        name: "METRICS_PUBLIC",
+        default: "false",
+        meaning: "true: GET /metrics needs no token (for a Prometheus on a trusted network)",
+    },
+    Variable {
+        name: "DASHBOARD_BASE_PATH",
+        default: "",
+        meaning: "path prefix the server is reached under behind a reverse proxy, e.g. /jobs-admin",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: "text",
+        meaning: "text: human-readable lines; json: one JSON object per line",
+    },
 ];
 
 /// How hard a commit waits for the disk (SQLite's `synchronous` setting).
@@ -199,6 +219,23 @@ pub struct Config {
     pub job_retention: Option<Duration>,
     /// Submits each client may make, when limited.
     pub submit_rate_limit: Option<SubmitRate>,
+    /// A token for reads only (every `GET`), when set; only with `api_token`.
+    pub api_read_token: Option<String>,
+    /// Whether `GET /metrics` is answered without a token.
+    pub metrics_public: bool,
+    /// The path prefix a reverse proxy serves the server under (`/admin/jobs`), or empty.
+    /// Never ends with `/`.
+    pub base_path: String,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `env_logger`'s human-readable lines.
+    Text,
+    /// One JSON object per line, for a log collector.
+    Json,
 }
 
 /// A rate: `requests` per `per` (`200/s`), with a burst of `requests`.
@@ -291,12 +328,31 @@ impl Config {
                 seconds => Some(Duration::from_secs(seconds)),
             },
             submit_rate_limit: reader.rate("SUBMIT_RATE_LIMIT")?,
+            api_read_token: reader.read_token()?,
+            metrics_public: reader.boolean("METRICS_PUBLIC")?,
+            base_path: reader.base_path("DASHBOARD_BASE_PATH")?,
+            log_format: reader.log_format("LOG_FORMAT")?,
         }
         .refusing_open_access(reader.boolean("ALLOW_UNAUTHENTICATED")?)
     }
 
     /// A server reachable from other machines must not run without a token by accident.
     fn refusing_open_access(self, allow_unauthenticated: bool) -> Result<Config> {
+        if self.api_read_token.is_some() && self.api_token.is_none() {
+            // Reads would need a token that writes do not.
+            return Err(Error::Config {
+                variable: "API_READ_TOKEN",
+                message: "needs API_TOKEN (or API_TOKEN_FILE): without it every request is \
+                          allowed, and a read-only token means nothing"
+                    .into(),
+            });
+        }
+        if self.api_read_token.is_some() && self.api_read_token == self.api_token {
+            return Err(Error::Config {
+                variable: "API_READ_TOKEN",
+                message: "must differ from API_TOKEN".into(),
+            });
+        }
         if self.api_token.is_none()
             && !self.server_addr.ip().is_loopback()
             && !allow_unauthenticated
@@ -476,6 +532,55 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         Ok(Some(token))
     }
 
+    /// `API_READ_TOKEN`: the same rules as the full token.
+    fn read_token(&self) -> Result<Option<String>> {
+        let Some(token) = (self.lookup)("API_READ_TOKEN").filter(|token| !token.is_empty()) else {
+            return Ok(None);
+        };
+        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(Error::Config {
+                variable: "API_READ_TOKEN",
+                message: "the token must be non-empty printable ASCII without spaces".into(),
+            });
+        }
+        Ok(Some(token))
+    }
+
+    /// Empty, or `/` followed by path segments of URL-safe characters, without a trailing
+    /// `/` (one given is dropped): it is written into the dashboard's page and compared with
+    /// request paths as it is.
+    fn base_path(&self, name: &'static str) -> Result<String> {
+        let raw = self.raw(name);
+        let path = raw.trim().trim_end_matches('/');
+        if path.is_empty() {
+            return Ok(String::new());
+        }
+        let safe = path.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'_' | b'.' | b'~')
+        });
+        if !path.starts_with('/') || !safe || path.contains("//") || path.len() > 200 {
+            return Err(Error::Config {
+                variable: name,
+                message: format!(
+                    "must be a path such as /admin/jobs (letters, digits, - _ . ~ and /), got {raw:?}"
+                ),
+            });
+        }
+        Ok(path.to_string())
+    }
+
+    fn log_format(&self, name: &'static str) -> Result<LogFormat> {
+        let raw = self.raw(name);
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "text" | "" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(Error::Config {
+                variable: name,
+                message: format!("must be text or json, got {raw:?}"),
+            }),
+        }
+    }
+
     fn durability(&self, name: &'static str) -> Result<Durability> {
         let raw = self.raw(name);
         match raw.trim().to_ascii_lowercase().as_str() {
@@ -597,6 +702,37 @@ mod tests {
         assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
         assert_eq!(config.job_retention, Some(Duration::from_secs(604_800)));
         assert_eq!(config.submit_rate_limit, None);
+        assert_eq!(config.api_read_token, None);
+        assert!(!config.metrics_public);
+        assert_eq!(config.base_path, "");
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_read_token_needs_the_full_token_and_base_paths_are_normalised() {
+        assert_eq!(
+            failing_variable(&[("API_READ_TOKEN", "r")]),
+            "API_READ_TOKEN"
+        );
+        assert_eq!(
+            failing_variable(&[("API_TOKEN", "same"), ("API_READ_TOKEN", "same")]),
+            "API_READ_TOKEN"
+        );
+        let config = config_with(&[("API_TOKEN", "w"), ("API_READ_TOKEN", "r")]).unwrap();
+        assert_eq!(config.api_read_token.as_deref(), Some("r"));
+        let base = |text: &str| config_with(&[("DASHBOARD_BASE_PATH", text)]).map(|c| c.base_path);
+        assert_eq!(base("/admin/jobs/").unwrap(), "/admin/jobs");
+        assert_eq!(base("/").unwrap(), "");
+        for bad in ["admin", "/a b", "/a//b", "/a?b", "/<script>"] {
+            assert!(base(bad).is_err(), "{bad}");
+        }
+        let format = |text: &str| config_with(&[("LOG_FORMAT", text)]).map(|c| c.log_format);
+        assert_eq!(format("JSON").unwrap(), LogFormat::Json);
+        assert_eq!(failing_variable(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT");
+        assert_eq!(
+            failing_variable(&[("METRICS_PUBLIC", "maybe")]),
+            "METRICS_PUBLIC"
+        );
     }
 
     #[test]

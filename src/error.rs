@@ -46,6 +46,8 @@ pub enum Error {
     LengthRequired,
     /// `API_TOKEN` is set and the request carries no valid `Authorization: Bearer` token.
     Unauthorized(String),
+    /// The request's token is valid but may not do this (`API_READ_TOKEN` on a write).
+    Forbidden(String),
     /// Every connection slot (`MAX_CONNECTIONS`) is taken.
     TooManyConnections { limit: usize },
     /// A submit found `limit` jobs pending already (`MAX_PENDING_JOBS`); nothing was stored.
@@ -134,6 +136,7 @@ impl fmt::Display for Error {
             | Error::HeaderTooLarge(message)
             | Error::RequestTimeout(message)
             | Error::Unauthorized(message)
+            | Error::Forbidden(message)
             | Error::IdempotencyKeyReused(message)
             | Error::CorruptRow(message)
             | Error::Internal(message)

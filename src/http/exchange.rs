@@ -4,6 +4,7 @@
 //! whose framing is in doubt is answered and its connection closed, so whatever the client
 //! sent after it is never read as a request.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -68,7 +69,7 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
         fields,
     };
     let method = request.method().clone();
-    let target = request.url().to_string();
+    let target = without_base_path(&state.base_path, request.url()).to_string();
     let seen = Seen {
         method: &method,
         target: &target,
@@ -86,8 +87,9 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
             (ApiResponse::from_error(&err), Next::Close)
         }
         Ok((body, headers)) => {
-            let mut response =
-                answer_or_500(|| routes::route(state, &mut request, &body, &mut body_read));
+            let mut response = answer_or_500(|| {
+                routes::route(state, &target, &mut request, &body, &mut body_read)
+            });
             response.headers.extend(headers);
             let unread = !body_read && !matches!(body, Body::Empty | Body::Length(0));
             let next = if state.is_shutting_down() || unread {
@@ -109,6 +111,20 @@ fn serve_request(state: &AppState, mut request: tiny_http::Request) -> Next {
     }
     state.middleware.after(&seen, status, started.elapsed());
     next
+}
+
+/// The request target without `base` (`DASHBOARD_BASE_PATH`) in front of it: a proxy may
+/// pass the prefix on or strip it, and either reaches the same route. `/base` alone is the
+/// dashboard (`/`).
+fn without_base_path<'a>(base: &str, target: &'a str) -> Cow<'a, str> {
+    if base.is_empty() {
+        return Cow::Borrowed(target);
+    }
+    match target.strip_prefix(base) {
+        Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
+        Some(rest) if rest.is_empty() || rest.starts_with('?') => Cow::Owned(format!("/{rest}")),
+        _ => Cow::Borrowed(target),
+    }
 }
 
 /// Answers a request after which the connection is closed. `Connection: close` says so, but
@@ -162,6 +178,24 @@ fn answer_or_500(handler: impl FnOnce() -> Result<ApiResponse>) -> ApiResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_path_is_taken_off_when_a_request_carries_it() {
+        assert_eq!(without_base_path("", "/jobs"), "/jobs");
+        assert_eq!(without_base_path("/admin", "/admin/jobs?x=1"), "/jobs?x=1");
+        assert_eq!(without_base_path("/admin", "/admin"), "/");
+        assert_eq!(
+            without_base_path("/admin", "/admin?view=jobs"),
+            "/?view=jobs"
+        );
+        assert_eq!(without_base_path("/admin", "/admin/"), "/");
+        // Only a whole segment: `/administrator` is another path, left as it is.
+        assert_eq!(
+            without_base_path("/admin", "/administrator"),
+            "/administrator"
+        );
+        assert_eq!(without_base_path("/admin", "/jobs"), "/jobs");
+    }
 
     #[test]
     fn a_panicking_handler_answers_a_json_500() {

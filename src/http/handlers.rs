@@ -28,6 +28,9 @@ pub struct AppState {
     pub body_patience: std::time::Duration,
     /// The steps around every request (auth, access log).
     pub middleware: crate::http::middleware::Chain,
+    /// `DASHBOARD_BASE_PATH`: a prefix requests may carry (a reverse proxy that does not
+    /// strip it), removed before routing; empty for none.
+    pub base_path: String,
     /// The listening address: with a client's address it names a connection's socket.
     pub local_addr: std::net::SocketAddr,
     /// Set once shutdown begins; from then on every request is answered 503.

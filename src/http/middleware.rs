@@ -12,7 +12,7 @@ use log::info;
 
 use crate::config::SubmitRate;
 use crate::error::Result;
-use crate::http::auth;
+use crate::http::auth::{self, Access};
 use crate::http::rate_limit::{self, Client, RateLimiter};
 
 /// Headers the steps add to a request's answer.
@@ -53,11 +53,11 @@ pub struct Chain(Vec<Box<dyn Middleware>>);
 
 impl Chain {
     /// Auth (when a token is set), the submit rate limit (when set), then the access log.
-    pub fn new(api_token: Option<String>, submit_rate: Option<SubmitRate>) -> Chain {
+    pub fn new(access: Access, submit_rate: Option<SubmitRate>) -> Chain {
         let mut steps: Vec<Box<dyn Middleware>> = Vec::new();
-        let by_token = api_token.is_some();
-        if let Some(token) = api_token {
-            steps.push(Box::new(BearerAuth { token }));
+        let by_token = access.token.is_some();
+        if by_token {
+            steps.push(Box::new(BearerAuth { access }));
         }
         if let Some(rate) = submit_rate {
             steps.push(Box::new(SubmitRateLimit {
@@ -85,15 +85,15 @@ impl Chain {
     }
 }
 
-/// `API_TOKEN`: every route but `GET /health` needs the bearer token.
+/// `API_TOKEN` (and `API_READ_TOKEN`): every route but the public ones needs a bearer token.
 struct BearerAuth {
-    token: String,
+    access: Access,
 }
 
 impl Middleware for BearerAuth {
     fn before(&self, request: &Seen<'_>, _headers: &mut Headers) -> Result<()> {
-        let public = auth::is_public(request.method, request.target);
-        auth::authorize(Some(&self.token), public, request.fields)
+        self.access
+            .check(request.method, request.target, request.fields)
     }
 }
 
@@ -152,6 +152,14 @@ mod tests {
     use super::*;
     use crate::error::Error;
 
+    fn with_token(token: Option<&str>) -> Access {
+        Access {
+            token: token.map(str::to_string),
+            read_token: None,
+            metrics_public: false,
+        }
+    }
+
     fn seen<'a>(target: &'a str, fields: &'a [(String, String)]) -> Seen<'a> {
         Seen {
             method: &tiny_http::Method::Get,
@@ -163,7 +171,7 @@ mod tests {
 
     #[test]
     fn with_a_token_every_route_but_health_is_refused_without_it() {
-        let chain = Chain::new(Some("secret".into()), None);
+        let chain = Chain::new(with_token(Some("secret")), None);
         let none = [];
         assert!(chain.before(&seen("/health", &none)).is_ok());
         assert!(matches!(
@@ -176,7 +184,7 @@ mod tests {
 
     #[test]
     fn without_a_token_nothing_is_refused() {
-        let chain = Chain::new(None, None);
+        let chain = Chain::new(with_token(None), None);
         assert!(chain.before(&seen("/jobs", &[])).is_ok());
         assert_eq!(seen("/jobs/x?wait=1", &[]).path(), "/jobs/x");
     }
@@ -187,7 +195,7 @@ mod tests {
             requests: 1,
             per: Duration::from_secs(60),
         };
-        let chain = Chain::new(None, Some(rate));
+        let chain = Chain::new(with_token(None), Some(rate));
         let post = |target| Seen {
             method: &tiny_http::Method::Post,
             target,

@@ -7,12 +7,14 @@
 
 mod auth;
 mod bulk;
+mod dashboard;
 mod exchange;
 mod framing;
 mod function;
 mod handlers;
 mod in_flight;
 mod listener;
+mod metrics;
 mod middleware;
 mod openapi;
 mod pool;
@@ -22,6 +24,7 @@ mod request;
 mod response;
 mod routes;
 mod socket;
+mod stats;
 mod submit;
 
 use std::net::{SocketAddr, TcpListener};
@@ -37,6 +40,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::functions::Functions;
 use crate::queue::Queue;
+use auth::Access;
 use handlers::AppState;
 use in_flight::InFlight;
 use middleware::Chain;
@@ -88,7 +92,15 @@ impl HttpServer {
             functions,
             max_body_bytes: config.max_body_bytes,
             body_patience: config.http_idle_timeout,
-            middleware: Chain::new(config.api_token.clone(), config.submit_rate_limit),
+            middleware: Chain::new(
+                Access {
+                    token: config.api_token.clone(),
+                    read_token: config.api_read_token.clone(),
+                    metrics_public: config.metrics_public,
+                },
+                config.submit_rate_limit,
+            ),
+            base_path: config.base_path.clone(),
             local_addr,
             shutting_down: AtomicBool::new(false),
             in_flight: InFlight::default(),

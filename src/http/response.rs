@@ -197,6 +197,7 @@ fn status_and_code(error: &Error) -> (u16, &'static str) {
         Error::Unavailable(_) => (503, "unavailable"),
         Error::BadRequest(_) => (400, "bad_request"),
         Error::Unauthorized(_) => (401, "unauthorized"),
+        Error::Forbidden(_) => (403, "forbidden"),
         Error::RequestTimeout(_) => (408, "request_timeout"),
         Error::LengthRequired => (411, "length_required"),
         Error::UriTooLong { .. } => (414, "uri_too_long"),

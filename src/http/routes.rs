@@ -13,7 +13,7 @@ use crate::http::queues;
 use crate::http::request::{parse_json, read_json_bytes, BodyLimits};
 use crate::http::response::ApiResponse;
 use crate::http::submit;
-use crate::http::{bulk, function};
+use crate::http::{bulk, dashboard, function, metrics, stats};
 use crate::queue::BulkAction;
 
 /// Every (method, path template) pair the router answers; `{id}` stands for a job id and
@@ -41,6 +41,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/queues/{name}"),
     ("POST", "/queues/{name}/pause"),
     ("POST", "/queues/{name}/resume"),
+    // Observing: Prometheus metrics, the dashboard's counters, the dashboard itself.
+    ("GET", "/metrics"),
+    ("GET", "/stats"),
+    ("GET", "/"),
+    ("GET", "/assets/{name}"),
 ];
 
 /// What a request asks for, decided from its method and path alone.
@@ -63,12 +68,17 @@ enum Endpoint<'a> {
     ConfigureQueue(&'a str),
     PauseQueue(&'a str),
     ResumeQueue(&'a str),
+    Metrics,
+    Stats,
+    Dashboard,
+    Asset(&'a str),
 }
 
-/// Routes one request. `body_read` is set once its body has been read to the end, so the
+/// Routes one request; `target` is its URL without the base path. `body_read` is set once its body has been read to the end, so the
 /// connection knows whether the next bytes on it start a new request.
 pub fn route(
     state: &AppState,
+    target: &str,
     request: &mut Request,
     body: &Body,
     body_read: &mut bool,
@@ -78,8 +88,7 @@ pub fn route(
             "the server is shutting down; try again after it restarts".into(),
         ));
     }
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let method = request.method().clone();
     let endpoint = resolve(&method, path)?;
     match endpoint {
@@ -112,6 +121,10 @@ pub fn route(
         }
         Endpoint::PauseQueue(name) => queues::pause(state, name),
         Endpoint::ResumeQueue(name) => queues::resume(state, name),
+        Endpoint::Metrics => metrics::metrics(state),
+        Endpoint::Stats => stats::stats(state),
+        Endpoint::Dashboard => dashboard::page(state),
+        Endpoint::Asset(name) => dashboard::asset(name),
     }
 }
 
@@ -166,6 +179,10 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         (Method::Put, ["queues", name]) => Ok(Endpoint::ConfigureQueue(name)),
         (Method::Post, ["queues", name, "pause"]) => Ok(Endpoint::PauseQueue(name)),
         (Method::Post, ["queues", name, "resume"]) => Ok(Endpoint::ResumeQueue(name)),
+        (Method::Get, ["metrics"]) => Ok(Endpoint::Metrics),
+        (Method::Get, ["stats"]) => Ok(Endpoint::Stats),
+        (Method::Get, []) => Ok(Endpoint::Dashboard),
+        (Method::Get, ["assets", name]) => Ok(Endpoint::Asset(name)),
         (_, ["health" | "openapi.json" | "functions"] | ["functions", _]) => {
             Err(Error::MethodNotAllowed { allow: "GET" })
         }
@@ -178,6 +195,9 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>> {
         (_, ["queues"]) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, ["queues", _]) => Err(Error::MethodNotAllowed { allow: "PUT" }),
         (_, ["queues", _, "pause" | "resume"]) => Err(Error::MethodNotAllowed { allow: "POST" }),
+        (_, [] | ["metrics" | "stats"] | ["assets", _]) => {
+            Err(Error::MethodNotAllowed { allow: "GET" })
+        }
         _ => Err(Error::NotFound(format!(
             "no route for {}",
             path.chars().take(100).collect::<String>()
@@ -219,6 +239,9 @@ mod tests {
                     .split_once(", [")
                     .expect("an arm of (Method, [segments])");
                 let segments = &rest[..rest.find("])").expect("the end of the segments")];
+                if segments.is_empty() {
+                    return (name.to_ascii_uppercase(), "/".to_string());
+                }
                 let path: String = segments
                     .split(", ")
                     .map(|segment| match segment.strip_prefix('"') {
@@ -262,7 +285,8 @@ mod tests {
                 Endpoint::ConfigureQueue(name)
                 | Endpoint::PauseQueue(name)
                 | Endpoint::ResumeQueue(name)
-                | Endpoint::Function(name) => Some(name),
+                | Endpoint::Function(name)
+                | Endpoint::Asset(name) => Some(name),
                 _ => None,
             };
             assert_eq!(
@@ -308,7 +332,7 @@ mod tests {
             }
         }
         for path in [
-            "/",
+            "/assets/a/b",
             "/jobs/x/y",
             "/nope",
             "/jobs/x/retry/more",

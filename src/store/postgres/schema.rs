@@ -471,6 +471,15 @@ pub const MIGRATIONS: &[&str] = &[
                         FROM queue_counts AS c
                         WHERE c.queue = open.queue AND c.status = 'running'), false));
      END $$;",
+    // 4: as the SQLite backend's eighth: `traceparent` on jobs, and `finished_minutes`, the
+    // jobs that ended per minute (Unix minute) and end status, added to by every node.
+    "ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+     CREATE TABLE finished_minutes (
+        minute BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        n      BIGINT NOT NULL,
+        PRIMARY KEY (minute, status)
+     );",
 ];
 
 /// The advisory lock every node's migration takes (an arbitrary constant, "mlmi").

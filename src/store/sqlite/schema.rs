@@ -128,6 +128,16 @@ pub const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
      CREATE INDEX idempotency_keys_by_job ON idempotency_keys(job_seq);",
+    // 8: `traceparent`, the W3C Trace Context a job was submitted with (passed to its
+    // function). `finished_minutes`: how many jobs ended per minute (Unix minute) and end
+    // status, for the dashboard's chart; added to in small batches, old minutes pruned.
+    "ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+     CREATE TABLE finished_minutes (
+        minute INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (minute, status)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.
