@@ -360,8 +360,32 @@ fn a_bulk_retry_confirms_how_many_jobs_match_and_retries_exactly_those() {
     let succeeded = run_simulated(&server, "batch", false, 1);
     let elsewhere = run_simulated(&server, "other", true, 1);
 
-    // The filter comes from the URL, as a bookmark would give it.
+    // The filter form writes the filter into the URL, so the view can be bookmarked.
+    browser.open(&url(&server, "/#/jobs"));
+    browser.click("#filter-status option[value=\"failed\"]");
+    browser.wait_for(
+        "the status filter in the URL",
+        "return location.hash === '#/jobs?status=failed'",
+        json!([]),
+    );
+    browser.type_into("#filter-queue", "batch");
+    browser.click("#job-filters button[type=submit]");
+    browser.wait_for(
+        "the queue filter in the URL",
+        "return location.hash === '#/jobs?status=failed&queue=batch'",
+        json!([]),
+    );
+    // And the URL gives the filter back, as a bookmark would.
+    browser.open(&url(&server, "/"));
     browser.open(&url(&server, "/#/jobs?status=failed&queue=batch"));
+    browser.wait_for_element("#filter-queue");
+    assert_eq!(
+        browser.script(
+            "return document.getElementById('filter-queue').value",
+            json!([])
+        ),
+        Ok(json!("batch"))
+    );
     browser.wait_for(
         "three failed jobs of batch listed",
         "return document.querySelectorAll('tr.job-row').length === 3",
@@ -497,10 +521,27 @@ fn the_dashboard_works_under_a_base_path() {
         .unwrap();
     assert_eq!(outside, json!([]), "requests outside {prefix}");
 
-    browser.click(&format!("tr[data-job-id=\"{id}\"] a[href=\"#/jobs/{id}\"]"));
+    // Pages of 50, newest first, by the `Link` cursor.
+    let batch: Vec<Value> = (0..54)
+        .map(|n| json!({"payload": {"duration_ms": 0, "n": n}, "queue": "paged"}))
+        .collect();
+    let response = server.post_json("/admin/jobs/jobs/batch", &json!({ "jobs": batch }));
+    assert_eq!(response.status, 201, "{}", response.text());
+    browser.open(&url(&server, "/admin/jobs#/jobs?queue=paged"));
+    let rows = "return document.querySelectorAll('tr.job-row').length";
+    browser.wait_for("a first page of 50", &format!("{rows} === 50"), json!([]));
+    browser.click("#page-older");
+    browser.wait_for("the last 4 jobs", &format!("{rows} === 4"), json!([]));
+    assert!(browser.text("#page-older").is_none());
+    browser.click("#page-newest");
+    browser.wait_for("the first page again", &format!("{rows} === 50"), json!([]));
+
+    // The id box opens a job.
+    browser.type_into("#job-id", &id);
+    browser.click("#job-jump button[type=submit]");
     browser.wait_for_text("#attempts-table tr[data-attempt=\"1\"]", "success");
-    let location = browser.script("return location.pathname", json!([]));
-    assert_eq!(location, Ok(json!("/admin/jobs")));
+    let location = browser.script("return location.pathname + location.hash", json!([]));
+    assert_eq!(location, Ok(json!(format!("/admin/jobs#/jobs/{id}"))));
 }
 
 #[test]
