@@ -754,7 +754,7 @@ function drawAttempts(container, attempts) {
     h("td", { class: "num" }, attempt.duration_ms === null ? "—" : `${attempt.duration_ms} ms`),
     h("td", { class: "num exit-code" }, attempt.exit_code === null ? "—" : String(attempt.exit_code)),
     h("td", { class: "mono" }, attempt.node || "—"),
-    h("td", { class: "error-cell" }, attempt.error_message || ""),
+    h("td", { class: "error-cell", title: attempt.error_message || "" }, attempt.error_message || ""),
     h("td", { class: "stderr" }, attempt.stderr_tail ? h("details", {}, h("summary", {}, `${attempt.stderr_tail.length} bytes`), h("pre", {}, attempt.stderr_tail)) : "—"),
   ));
   container.append(h("table", { class: "table", id: "attempts-table" },
