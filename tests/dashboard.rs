@@ -267,6 +267,18 @@ fn a_submitted_job_appears_in_the_list_and_its_page_shows_its_attempts() {
         Ok(json!(1))
     );
     browser.screenshot("job");
+
+    // Delete asks first, then goes back to the list.
+    browser.click("#job-delete");
+    browser.wait_for_text("#dialog-title", "Delete this job?");
+    browser.click("#dialog-confirm");
+    browser.wait_for_text("#notice", "The job is deleted.");
+    browser.wait_for_element(&format!("tr[data-job-id=\"{simulated}\"]"));
+    assert_error(&server.get(&format!("/jobs/{id}")), 404, "not_found");
+    assert!(
+        browser.text(&row).is_none(),
+        "the deleted job is still listed"
+    );
 }
 
 #[test]
