@@ -485,7 +485,6 @@ fn unknown_or_malformed_job_id_is_404_not_found() {
 fn unknown_route_is_404_not_found() {
     let server = TestServer::start();
     assert_error(&server.get("/nope"), 404, "not_found");
-    assert_error(&server.get("/"), 404, "not_found");
     assert_error(&server.post_empty("/nope"), 404, "not_found");
     assert_error(
         &server.get(&format!("/jobs/{}/nope", random_id())),
