@@ -1,8 +1,8 @@
 //! `GET /metrics` and `GET /stats` over real HTTP, on SQLite or (with `TEST_POSTGRES_URL`)
 //! PostgreSQL: exact counters in a real scrape after jobs that succeed and fail, histograms
 //! whose buckets add up, labels that never hold a job id, the `/stats` shape and counts, the
-//! jobs finished per minute across a restart, who may read which, and `promtool check
-//! metrics` on a real scrape when promtool is installed.
+//! jobs finished per minute across a restart and (PostgreSQL) across nodes, who may read
+//! which, and `promtool check metrics` on a real scrape when promtool is installed.
 
 mod support;
 
@@ -468,4 +468,49 @@ fn promtool_accepts_a_real_scrape() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn on_postgresql_the_minutes_add_up_every_node() {
+    let Some(database) = Database::postgres() else {
+        eprintln!("{NEEDS_POSTGRES}");
+        return;
+    };
+    let first = TestServer::builder()
+        .database(&database)
+        .env("NODE_ID", "metrics-a")
+        .start();
+    let second = TestServer::builder()
+        .database(&database)
+        .env("NODE_ID", "metrics-b")
+        .start();
+    // Each node submits and waits for its own; either may run any of them.
+    for server in [&first, &second] {
+        for _ in 0..2 {
+            let id = server.submit(succeeding("default"));
+            server.wait_for_status(&id, "success", secs(20));
+        }
+    }
+    // Each node flushes its own counts within seconds: either node then sees all four.
+    for server in [&first, &second] {
+        eventually(secs(20), "every node's ends in /stats", || {
+            let minutes = get_stats(server)["finished_per_minute"].clone();
+            let succeeded: u64 = minutes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["succeeded"].as_u64().unwrap())
+                .sum();
+            (succeeded == 4).then_some(())
+        });
+    }
+    // The per-node counters add up to the four as well.
+    let finished = |server: &TestServer| {
+        let (_, samples) = scrape(server);
+        samples
+            .get("minilambda_jobs_finished_total{queue=\"default\",status=\"success\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(finished(&first) + finished(&second), 4.0);
 }
