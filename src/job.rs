@@ -36,7 +36,7 @@ pub fn queue_name(name: &str) -> Result<&str> {
     )))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,

@@ -17,6 +17,8 @@ mod functions;
 mod http;
 mod idempotency;
 mod job;
+mod metrics;
+mod minute_flusher;
 mod queue;
 mod queue_settings;
 mod retention;

@@ -40,6 +40,18 @@ impl QueueCounts {
         *slot = slot.saturating_add_signed(n);
     }
 
+    /// How many jobs are in `status`.
+    pub fn get(&self, status: JobStatus) -> u64 {
+        match status {
+            JobStatus::Pending => self.pending,
+            JobStatus::Running => self.running,
+            JobStatus::Success => self.success,
+            JobStatus::Failed => self.failed,
+            JobStatus::Timeout => self.timeout,
+            JobStatus::Cancelled => self.cancelled,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == QueueCounts::default()
     }

@@ -8,6 +8,7 @@
 //! be taken again by the next claim of the job; the claim time tells the two apart.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,12 +34,15 @@ enum Slot {
 pub struct RunningAttempts {
     /// The lock is held only to look up.
     slots: Mutex<HashMap<Key, Slot>>,
+    /// Attempts between `start` and `end`: the workers busy (`workers_busy`).
+    busy: AtomicUsize,
 }
 
 impl RunningAttempts {
     /// Registers the attempt the worker is about to run; returns the receiver its watchdog
     /// waits on, which closes when the attempt is cancelled.
     pub fn start(&self, job: &Job) -> Receiver<()> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancelled) = bounded(0);
         let mut slots = self.lock();
         match slots.get(&key(job)) {
@@ -53,6 +57,14 @@ impl RunningAttempts {
     /// Forgets the attempt once its outcome is recorded.
     pub fn end(&self, job: &Job) {
         self.lock().remove(&key(job));
+        let _ = self
+            .busy
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// How many attempts run here now (each `start` not yet `end`ed).
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// Cancels the job's current attempt, which the database says runs on this node: if it

@@ -17,6 +17,8 @@ use crate::executor::{FunctionRunner, ProcessGroups};
 use crate::functions::Functions;
 use crate::http::HttpServer;
 use crate::job::JobDefaults;
+use crate::metrics::Metrics;
+use crate::minute_flusher::MinuteFlusher;
 use crate::queue::Queue;
 use crate::retention::{Pruner, Retention};
 use crate::retry::RetryPolicy;
@@ -43,11 +45,14 @@ pub fn run(
     signals: Receiver<()>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<Exit> {
+    // The one registry: the store, the workers (through the store) and HTTP record into it.
+    let metrics = Arc::new(Metrics::default());
     let options = Options {
         sync: sync_mode(config.durability),
         max_pending_jobs: config.max_pending_jobs,
         node: config.node_id.clone(),
         pool_size: config.database_pool_size,
+        metrics: Arc::clone(&metrics),
     };
     let store = Arc::new(Store::open(&config.database, &options)?);
     // A waiting request holds its connection's thread: half of them stay for the rest.
@@ -97,7 +102,7 @@ pub fn run(
     );
     // The port first: a node that cannot serve (the address is taken) must not have claimed
     // jobs from a queue other nodes share.
-    let server = HttpServer::start(&config, Arc::clone(&queue), functions)?;
+    let server = HttpServer::start(&config, Arc::clone(&queue), functions, metrics)?;
     let mut pool = WorkerPool::start(
         config.worker_count,
         queue,
@@ -121,6 +126,7 @@ pub fn run(
             idempotency_keys: idempotency_ttl,
         },
     )?;
+    let flusher = MinuteFlusher::start(Arc::clone(&store))?;
     store.watch_other_nodes(Box::new(move || waker.wake_one()))?;
     info!(
         "listening on http://{} with {} workers, database {}, node {}",
@@ -167,6 +173,8 @@ pub fn run(
         },
     }
     pool.join();
+    // Every end here is counted: the last of them go to the table.
+    flusher.stop();
     // Every attempt here has ended or been put back: the node can leave.
     lease.stop(true);
     if !server.stop(HTTP_STOP_PATIENCE, &signals) {

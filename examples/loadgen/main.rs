@@ -29,6 +29,7 @@ mod plan;
 mod prune;
 mod report;
 mod rng;
+mod scrape;
 mod seed;
 mod servers;
 mod stats;
@@ -51,7 +52,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
   --full          the figures of the performance issue (default; a few minutes)
   --quick         the same phases, smaller (under a minute)
   --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
-                  batch, prune, pg-submit, pg-end-to-end, pg-batch
+                  scrape, batch, prune, pg-submit, pg-end-to-end, pg-batch
   --server PATH   the server binary (default: target/release/mini-lambda-rust)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
@@ -60,13 +61,14 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
     they are skipped when it does not answer or the server was built without --features postgres";
 
 /// The phases in the order they run; `--only` names them.
-const PHASES: [&str; 11] = [
+const PHASES: [&str; 12] = [
     "ceiling",
     "submit",
     "normal",
     "end-to-end",
     "dispatch",
     "scale",
+    "scrape",
     "batch",
     "prune",
     "pg-submit",
@@ -209,6 +211,9 @@ fn run(options: Options) -> Result<bool> {
     }
     if wanted("scale") {
         results.scale = phase("scale", &mut bench, failures, phases::scale);
+    }
+    if wanted("scrape") {
+        results.scrape = phase("scrape", &mut bench, failures, scrape::scrape);
     }
     if wanted("prune") {
         results.prune = phase("prune", &mut bench, failures, prune::prune);

@@ -181,7 +181,12 @@ impl Bench {
 
     /// Starts the real server on the SQLite file `database` with the benchmark's settings
     /// plus `extra`; its log goes beside the file.
-    fn start_server(&self, name: &str, database: &Path, extra: &[(&str, &str)]) -> Result<Server> {
+    pub fn start_server(
+        &self,
+        name: &str,
+        database: &Path,
+        extra: &[(&str, &str)],
+    ) -> Result<Server> {
         self.start_server_at(
             name,
             &format!("sqlite://{}", database.display()),
@@ -225,7 +230,7 @@ impl Bench {
         })
     }
 
-    fn fresh_database(&self, name: &str) -> Result<PathBuf> {
+    pub fn fresh_database(&self, name: &str) -> Result<PathBuf> {
         Ok(self.paths.fresh_dir(name)?.join("bench.db"))
     }
 }
@@ -633,7 +638,7 @@ pub fn scale(bench: &mut Bench) -> Result<Scale> {
 
 /// From spawn to the first `200` on `/health`. The port is known only from the server's
 /// `listening on` line, so polling starts there; the time is still counted from the spawn.
-fn wait_healthy(server: &Server) -> Result<Duration> {
+pub fn wait_healthy(server: &Server) -> Result<Duration> {
     let health = client::request("GET", "/health", None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::from("no answer");
@@ -685,14 +690,18 @@ fn latency(
     expect: u16,
     count: usize,
 ) -> Result<Latency> {
-    let sampled = load::sequential(
-        addr,
-        requests,
-        expect,
-        LATENCY_WARMUP,
-        count,
-        plan.latency_deadline,
-    )?;
+    latency_within(addr, requests, expect, count, plan.latency_deadline)
+}
+
+/// `latency` with a deadline of its own.
+pub fn latency_within(
+    addr: SocketAddr,
+    requests: &[Vec<u8>],
+    expect: u16,
+    count: usize,
+    deadline: Duration,
+) -> Result<Latency> {
+    let sampled = load::sequential(addr, requests, expect, LATENCY_WARMUP, count, deadline)?;
     let percentiles = Percentiles::of(sampled.latencies_ms).ok_or_else(|| {
         Error::new(format!(
             "no request succeeded; first error: {}",
@@ -707,7 +716,7 @@ fn latency(
     })
 }
 
-fn json(body: &[u8]) -> Result<Value> {
+pub fn json(body: &[u8]) -> Result<Value> {
     serde_json::from_slice(body).context(format!("response is not JSON: {}", load::snippet(body)))
 }
 

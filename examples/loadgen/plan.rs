@@ -31,6 +31,10 @@ pub struct Plan {
     pub scale_rows: u64,
     /// Requests per scale figure, over one keep-alive connection.
     pub scale_requests: usize,
+    /// Jobs behind the scrape figures (`GET /metrics`, `GET /stats`), and requests per figure.
+    /// A million in either mode: the target is for a million, and seeding takes seconds.
+    pub scrape_rows: u64,
+    pub scrape_requests: usize,
     /// The most one latency figure may take; a slow server gets fewer samples (the report
     /// says how many) instead of a run that blows its time budget.
     pub latency_deadline: Duration,
@@ -59,6 +63,8 @@ impl Plan {
                 pending_jobs: 100_000,
                 scale_rows: 1_000_000,
                 scale_requests: 1_000,
+                scrape_rows: 1_000_000,
+                scrape_requests: 2_000,
                 latency_deadline: Duration::from_secs(60),
                 drain_deadline: Duration::from_secs(120),
                 fill_deadline: Duration::from_secs(180),
@@ -76,6 +82,8 @@ impl Plan {
                 pending_jobs: 20_000,
                 scale_rows: 100_000,
                 scale_requests: 300,
+                scrape_rows: 1_000_000,
+                scrape_requests: 2_000,
                 latency_deadline: Duration::from_secs(4),
                 drain_deadline: Duration::from_secs(10),
                 fill_deadline: Duration::from_secs(10),

@@ -23,6 +23,7 @@ pub struct Results {
     pub end_to_end: Option<EndToEnd>,
     pub dispatch: Option<Latency>,
     pub scale: Option<Scale>,
+    pub scrape: Option<crate::scrape::Scrape>,
     pub prune: Option<crate::prune::Prune>,
     pub pg_submit: Option<PgSubmit>,
     pub pg_end_to_end: Option<PgEndToEnd>,
@@ -236,6 +237,7 @@ pub fn rows(results: &Results, plan: &Plan) -> Vec<Row> {
     rows.extend(dispatch_rows(results));
     rows.extend(memory_rows(results, plan));
     rows.extend(scale_rows(results, plan));
+    rows.extend(scrape_rows(results));
     rows.extend(crate::batch::rows("batch", "batch", results.batch.as_ref()));
     rows.extend(prune_rows(results, plan));
     rows.extend(postgres_rows(results));
@@ -278,6 +280,7 @@ fn phase_of(key: &str) -> &'static str {
         _ if key.starts_with("end_to_end") => "end-to-end",
         _ if key.starts_with("dispatch") => "dispatch",
         _ if key.starts_with("prune") => "prune",
+        _ if key.starts_with("scrape") => "scrape",
         _ => "scale",
     }
 }
@@ -849,6 +852,48 @@ fn scale_rows(results: &Results, plan: &Plan) -> Vec<Row> {
         ),
         latency("scale_get_p50", "GET /jobs/:id", |s| &s.get, false),
         latency("scale_get_p99", "GET /jobs/:id", |s| &s.get, true),
+    ]
+}
+
+/// `GET /metrics` and `GET /stats` with a million jobs: p50 against the bare round trip, p99
+/// against the target.
+fn scrape_rows(results: &Results) -> Vec<Row> {
+    let scrape = results.scrape.as_ref();
+    let rows = scrape.map_or(0, |s| s.rows);
+    let round_trip = results.ceiling.as_ref().map(|c| c.round_trip.percentiles);
+    let latency = |key, path: &str, pick: fn(&crate::scrape::Scrape) -> &Latency, p99: bool| {
+        let percentile = if p99 { "p99" } else { "p50" };
+        let row = latency_row(
+            key,
+            &format!("{rows} jobs: GET {path} {percentile}"),
+            scrape.map(pick),
+            p99,
+        );
+        if p99 {
+            row.baseline(
+                "bare round trip p99",
+                round_trip.map(|p| p.p99_ms),
+                RatioStyle::Times,
+            )
+            .target("< 5 ms", Target::Below(5.0))
+        } else {
+            row.baseline(
+                "bare round trip p50",
+                round_trip.map(|p| p.p50_ms),
+                RatioStyle::Times,
+            )
+        }
+    };
+    vec![
+        latency("scrape_metrics_p50", "/metrics", |s| &s.metrics, false).note(scrape.map(|s| {
+            format!(
+                "4 queues, 5% pending; a scrape is {} bytes; filled in {:.1} s",
+                s.scrape_bytes, s.seed_seconds
+            )
+        })),
+        latency("scrape_metrics_p99", "/metrics", |s| &s.metrics, true),
+        latency("scrape_stats_p50", "/stats", |s| &s.stats, false),
+        latency("scrape_stats_p99", "/stats", |s| &s.stats, true),
     ]
 }
 

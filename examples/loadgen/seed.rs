@@ -24,34 +24,77 @@ const TIMED_OUT: &str = "timed out after 30 s (timeout_seconds)";
 /// Jobs are spread one second apart, ending now: a million jobs is about twelve days of history.
 const SPACING_MICROS: i64 = 1_000_000;
 
-/// One synthetic finished job, before it meets the schema.
+/// What a fill is made of: the queues the jobs are spread over (evenly, at random) and the
+/// share of them left pending (due since they were created) or cancelled; the rest ended.
+pub struct Mix {
+    pub queues: &'static [&'static str],
+    pub pending_percent: u64,
+    pub cancelled_percent: u64,
+}
+
+/// Ended jobs only, all in `default`: a server started on them has nothing to do.
+pub const ENDED: Mix = Mix {
+    queues: &["default"],
+    pending_percent: 0,
+    cancelled_percent: 0,
+};
+
+/// One synthetic job, before it meets the schema.
 struct Job {
     id: uuid::Uuid,
+    queue: &'static str,
     status: &'static str,
     priority: i64,
     created_at: i64,
-    started_at: i64,
-    finished_at: i64,
+    /// `None` for a job that never started (pending, or cancelled while pending).
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
     retry_count: i64,
 }
 
 impl Job {
-    /// 80% success, 10% failed, 10% timeout; nothing pending or running, so a server started on
-    /// the database has no work to do and the figures are the cost of reading alone.
-    fn random(rng: &mut Rng, created_at: i64) -> Job {
-        let status = match rng.below(10) {
-            0..=7 => "success",
-            8 => "failed",
-            _ => "timeout",
+    /// The mix's pending and cancelled shares; of the rest 80% success, 10% failed, 10%
+    /// timeout. Nothing running, so the only work a server started on the database can find
+    /// is the pending jobs (none in `ENDED`: the figures are the cost of reading alone).
+    fn random(rng: &mut Rng, created_at: i64, mix: &Mix) -> Job {
+        // Only a mix with those shares and queues draws for them: `ENDED` fills exactly as
+        // this did before mixes, so the scale and prune figures stay comparable.
+        let share = if mix.pending_percent + mix.cancelled_percent > 0 {
+            rng.below(100)
+        } else {
+            100
         };
-        let started_at = created_at + 200 + i64::try_from(rng.below(5_000)).unwrap_or(0);
+        let status = if share < mix.pending_percent {
+            "pending"
+        } else if share < mix.pending_percent + mix.cancelled_percent {
+            "cancelled"
+        } else {
+            match rng.below(10) {
+                0..=7 => "success",
+                8 => "failed",
+                _ => "timeout",
+            }
+        };
+        let ran = !matches!(status, "pending" | "cancelled");
+        let started_at =
+            ran.then(|| created_at + 200 + i64::try_from(rng.below(5_000)).unwrap_or(0));
+        let queue = match mix.queues {
+            [] => "default",
+            [only] => only,
+            queues => queues[usize::try_from(rng.below(queues.len() as u64)).unwrap_or(0)],
+        };
         Job {
             id: uuid::Builder::from_random_bytes(rng.bytes16()).into_uuid(),
+            queue,
             status,
             priority: i64::try_from(rng.below(3)).unwrap_or(0),
             created_at,
             started_at,
-            finished_at: started_at + 120_000,
+            finished_at: match status {
+                "pending" => None,
+                "cancelled" => Some(created_at + 1_000),
+                _ => started_at.map(|started| started + 120_000),
+            },
             retry_count: if status == "failed" { 3 } else { 0 },
         }
     }
@@ -74,10 +117,11 @@ impl Column {
             "id" => Some(Value::Text(job.id.hyphenated().to_string())),
             "payload" => text(PAYLOAD),
             "status" => text(job.status),
+            "queue" => text(job.queue),
             "priority" => Some(Value::Integer(job.priority)),
             "run_at" | "created_at" => Some(Value::Integer(job.created_at)),
-            "started_at" => Some(Value::Integer(job.started_at)),
-            "finished_at" => Some(Value::Integer(job.finished_at)),
+            "started_at" => Some(job.started_at.map_or(Value::Null, Value::Integer)),
+            "finished_at" => Some(job.finished_at.map_or(Value::Null, Value::Integer)),
             "retry_count" => Some(Value::Integer(job.retry_count)),
             "max_retries" => Some(Value::Integer(3)),
             "timeout_seconds" => Some(Value::Integer(30)),
@@ -97,6 +141,12 @@ pub struct Seeded {
 
 /// Appends `rows` finished jobs to the `jobs` table of the (stopped) server's database.
 pub fn fill(path: &Path, rows: u64, rng: &mut Rng) -> Result<Seeded> {
+    fill_with(path, rows, rng, &ENDED)
+}
+
+/// Appends `rows` jobs made as `mix` says to the `jobs` table of the (stopped) server's
+/// database.
+pub fn fill_with(path: &Path, rows: u64, rng: &mut Rng, mix: &Mix) -> Result<Seeded> {
     let started = Instant::now();
     let mut connection =
         Connection::open(path).context(format!("cannot open {}", path.display()))?;
@@ -124,7 +174,7 @@ pub fn fill(path: &Path, rows: u64, rng: &mut Rng) -> Result<Seeded> {
                 interrupt::check()?;
             }
             let created_at = first_created + i64::try_from(index).unwrap_or(0) * SPACING_MICROS;
-            let job = Job::random(rng, created_at);
+            let job = Job::random(rng, created_at, mix);
             values.clear();
             values.extend(columns.iter().filter_map(|column| column.value_of(&job)));
             insert
@@ -170,7 +220,7 @@ fn insert_statement(connection: &Connection) -> Result<(Vec<Column>, String)> {
             "the database has no jobs table; did the server create its schema?",
         ));
     }
-    let probe = Job::random(&mut Rng::new(1), 0);
+    let probe = Job::random(&mut Rng::new(1), 0, &ENDED);
     let mut columns = Vec::new();
     for (column, not_null, has_default, primary_key) in described {
         // An INTEGER PRIMARY KEY is the rowid: SQLite numbers the rows in insertion order,

@@ -37,6 +37,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Requests being answered, so shutdown can wait for them.
     pub in_flight: crate::http::in_flight::InFlight,
+    /// Worker threads on this node (`WORKER_COUNT`), for `/metrics` and `/stats`.
+    pub workers: usize,
 }
 
 impl AppState {

@@ -1,11 +1,12 @@
 //! The steps around every request, after its framing is checked and before and after its route:
 //! each [`Middleware`] may refuse a request before it is routed, and hears of every answer. The
-//! chain is built once (`Chain::new`); auth, the submit rate limit and the access log are
-//! the steps today, metrics hang here next. A step refusing a request is answered with its
+//! chain is built once (`Chain::new`); auth, the submit rate limit, the request metrics and
+//! the access log are the steps. A step refusing a request is answered with its
 //! error, and the steps after it never see the request; every step's `after` hears the
 //! answer, refused or not. A step letting a request on may add headers to its answer.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -14,6 +15,8 @@ use crate::config::SubmitRate;
 use crate::error::Result;
 use crate::http::auth::{self, Access};
 use crate::http::rate_limit::{self, Client, RateLimiter};
+use crate::http::routes;
+use crate::metrics::{Metrics, RejectReason};
 
 /// Headers the steps add to a request's answer.
 pub type Headers = Vec<(&'static str, String)>;
@@ -52,8 +55,9 @@ pub trait Middleware: Send + Sync {
 pub struct Chain(Vec<Box<dyn Middleware>>);
 
 impl Chain {
-    /// Auth (when a token is set), the submit rate limit (when set), then the access log.
-    pub fn new(access: Access, submit_rate: Option<SubmitRate>) -> Chain {
+    /// Auth (when a token is set), the submit rate limit (when set), then the request
+    /// metrics and the access log.
+    pub fn new(access: Access, submit_rate: Option<SubmitRate>, metrics: Arc<Metrics>) -> Chain {
         let mut steps: Vec<Box<dyn Middleware>> = Vec::new();
         let by_token = access.token.is_some();
         if by_token {
@@ -63,8 +67,10 @@ impl Chain {
             steps.push(Box::new(SubmitRateLimit {
                 limiter: RateLimiter::new(rate),
                 by_token,
+                metrics: Arc::clone(&metrics),
             }));
         }
+        steps.push(Box::new(RequestMetrics { metrics }));
         steps.push(Box::new(AccessLog));
         Chain(steps)
     }
@@ -104,6 +110,8 @@ struct SubmitRateLimit {
     limiter: RateLimiter,
     /// Whether clients are told apart by their bearer token (auth is on) or their address.
     by_token: bool,
+    /// Where a refused submit is counted (`rate_limited`).
+    metrics: Arc<Metrics>,
 }
 
 impl Middleware for SubmitRateLimit {
@@ -120,9 +128,25 @@ impl Middleware for SubmitRateLimit {
             Some(token) => self.limiter.token_client(token),
             None => Client::Peer(request.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))),
         };
-        let allowance = self.limiter.take(client, Instant::now())?;
+        let allowance = self
+            .limiter
+            .take(client, Instant::now())
+            .inspect_err(|_| self.metrics.submit_rejected(RejectReason::RateLimited))?;
         headers.extend(allowance.headers());
         Ok(())
+    }
+}
+
+/// `http_requests_total` and `http_request_duration_seconds`, by the route's template (never
+/// the path itself: it may hold a job id) and status.
+struct RequestMetrics {
+    metrics: Arc<Metrics>,
+}
+
+impl Middleware for RequestMetrics {
+    fn after(&self, request: &Seen<'_>, status: u16, elapsed: Duration) {
+        let route = routes::template(request.method, request.path());
+        self.metrics.http_request(route, status, elapsed);
     }
 }
 
@@ -171,7 +195,7 @@ mod tests {
 
     #[test]
     fn with_a_token_every_route_but_health_is_refused_without_it() {
-        let chain = Chain::new(with_token(Some("secret")), None);
+        let chain = Chain::new(with_token(Some("secret")), None, Arc::default());
         let none = [];
         assert!(chain.before(&seen("/health", &none)).is_ok());
         assert!(matches!(
@@ -184,7 +208,7 @@ mod tests {
 
     #[test]
     fn without_a_token_nothing_is_refused() {
-        let chain = Chain::new(with_token(None), None);
+        let chain = Chain::new(with_token(None), None, Arc::default());
         assert!(chain.before(&seen("/jobs", &[])).is_ok());
         assert_eq!(seen("/jobs/x?wait=1", &[]).path(), "/jobs/x");
     }
@@ -195,7 +219,7 @@ mod tests {
             requests: 1,
             per: Duration::from_secs(60),
         };
-        let chain = Chain::new(with_token(None), Some(rate));
+        let chain = Chain::new(with_token(None), Some(rate), Arc::default());
         let post = |target| Seen {
             method: &tiny_http::Method::Post,
             target,

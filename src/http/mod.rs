@@ -39,6 +39,7 @@ use log::{debug, error, warn};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::functions::Functions;
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use auth::Access;
 use handlers::AppState;
@@ -77,7 +78,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(config: &Config, queue: Arc<Queue>, functions: Functions) -> Result<HttpServer> {
+    pub fn start(
+        config: &Config,
+        queue: Arc<Queue>,
+        functions: Functions,
+        metrics: Arc<Metrics>,
+    ) -> Result<HttpServer> {
         let cannot_listen = |err: std::io::Error| {
             Error::Startup(format!("cannot listen on {}: {err}", config.server_addr))
         };
@@ -99,7 +105,9 @@ impl HttpServer {
                     metrics_public: config.metrics_public,
                 },
                 config.submit_rate_limit,
+                metrics,
             ),
+            workers: config.worker_count,
             base_path: config.base_path.clone(),
             local_addr,
             shutting_down: AtomicBool::new(false),

@@ -14,11 +14,13 @@ use crate::http::request::{parse_json, read_json_bytes, BodyLimits};
 use crate::http::response::ApiResponse;
 use crate::http::submit;
 use crate::http::{bulk, dashboard, function, metrics, stats};
+use crate::metrics::RejectReason;
 use crate::queue::BulkAction;
 
 /// Every (method, path template) pair the router answers; `{id}` stands for a job id and
 /// `{name}` for a queue's or a function's name. Tests
-/// check it against the match in [`resolve`] and against the paths of `openapi.json`.
+/// check it against the match in [`resolve`] and against the paths of `openapi.json`; the
+/// request metrics label requests with the same templates ([`template`]).
 #[cfg_attr(not(test), allow(dead_code))] // Read by those tests only.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
@@ -74,6 +76,42 @@ enum Endpoint<'a> {
     Asset(&'a str),
 }
 
+impl Endpoint<'_> {
+    /// The path template of [`ROUTES`] the endpoint answers.
+    fn template(self) -> &'static str {
+        match self {
+            Endpoint::Health => "/health",
+            Endpoint::OpenApi => "/openapi.json",
+            Endpoint::Functions => "/functions",
+            Endpoint::Function(_) => "/functions/{name}",
+            Endpoint::Submit | Endpoint::List => "/jobs",
+            Endpoint::SubmitBatch => "/jobs/batch",
+            Endpoint::Bulk(BulkAction::Retry) => "/jobs/retry",
+            Endpoint::Bulk(BulkAction::Cancel) => "/jobs/cancel",
+            Endpoint::Bulk(BulkAction::Delete) => "/jobs/delete",
+            Endpoint::Get(_) | Endpoint::Delete(_) => "/jobs/{id}",
+            Endpoint::Retry(_) => "/jobs/{id}/retry",
+            Endpoint::Cancel(_) => "/jobs/{id}/cancel",
+            Endpoint::Attempts(_) => "/jobs/{id}/attempts",
+            Endpoint::Queues => "/queues",
+            Endpoint::ConfigureQueue(_) => "/queues/{name}",
+            Endpoint::PauseQueue(_) => "/queues/{name}/pause",
+            Endpoint::ResumeQueue(_) => "/queues/{name}/resume",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::Stats => "/stats",
+            Endpoint::Dashboard => "/",
+            Endpoint::Asset(_) => "/assets/{name}",
+        }
+    }
+}
+
+/// The route template (of [`ROUTES`]) a request's method and path (without the query) are
+/// answered by, for labels: `"other"` for a path or method no route answers, so a label never
+/// holds a job id or anything else a client made up.
+pub fn template(method: &Method, path: &str) -> &'static str {
+    resolve(method, path).map_or("other", Endpoint::template)
+}
+
 /// Routes one request; `target` is its URL without the base path. `body_read` is set once its body has been read to the end, so the
 /// connection knows whether the next bytes on it start a new request.
 pub fn route(
@@ -96,12 +134,18 @@ pub fn route(
         Endpoint::OpenApi => Ok(openapi::document()),
         Endpoint::Functions => Ok(handlers::functions(state)),
         Endpoint::Submit | Endpoint::SubmitBatch => {
-            let key = submit::idempotency_key(request)?;
-            let body = read_json_bytes(request, body, body_limits(state), body_read)?;
-            match endpoint {
-                Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
-                _ => submit::submit_batch(state, key.as_deref(), &body),
+            let submitted = (|| {
+                let key = submit::idempotency_key(request)?;
+                let body = read_json_bytes(request, body, body_limits(state), body_read)?;
+                match endpoint {
+                    Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
+                    _ => submit::submit_batch(state, key.as_deref(), &body),
+                }
+            })();
+            if let Err(err) = &submitted {
+                state.queue.metrics().submit_rejected(reject_reason(err));
             }
+            submitted
         }
         Endpoint::Function(name) => function::function(state, name),
         Endpoint::Bulk(action) => {
@@ -125,6 +169,27 @@ pub fn route(
         Endpoint::Stats => stats::stats(state),
         Endpoint::Dashboard => dashboard::page(state),
         Endpoint::Asset(name) => dashboard::asset(name),
+    }
+}
+
+/// Why a submit was refused, as `submits_rejected_total` says it.
+fn reject_reason(err: &Error) -> RejectReason {
+    match err {
+        Error::UnknownFunction(_) => RejectReason::UnknownFunction,
+        Error::QueueFull { .. } => RejectReason::QueueFull,
+        Error::RateLimited { .. } => RejectReason::RateLimited,
+        Error::IdempotencyKeyReused(_) => RejectReason::IdempotencyKeyReused,
+        Error::SchemaUnusable(_) => RejectReason::Schema,
+        // A payload failing its function's schema is a validation error that says so
+        // (`schemas::Contract::check`); in a batch its message is behind the item's index.
+        Error::Validation(message) if message.contains("does not match the schema") => {
+            RejectReason::Schema
+        }
+        Error::Unavailable(_) | Error::Storage { .. } | Error::TooManyConnections { .. } => {
+            RejectReason::Unavailable
+        }
+        Error::Internal(_) | Error::CorruptRow(_) => RejectReason::Internal,
+        _ => RejectReason::Validation,
     }
 }
 
@@ -223,6 +288,25 @@ mod tests {
     fn method(name: &str) -> Method {
         name.parse()
             .unwrap_or_else(|()| panic!("{name} is not a method"))
+    }
+
+    #[test]
+    fn every_route_labels_its_requests_with_its_template_and_others_are_other() {
+        for (name, template) in ROUTES {
+            assert_eq!(
+                super::template(&method(name), &sample_path(template)),
+                *template
+            );
+        }
+        assert_eq!(
+            super::template(&Method::Get, &format!("/jobs/{SAMPLE_ID}/")),
+            "/jobs/{id}"
+        );
+        assert_eq!(super::template(&Method::Get, "/nothing/here"), "other");
+        assert_eq!(
+            super::template(&Method::Patch, &format!("/jobs/{SAMPLE_ID}")),
+            "other"
+        );
     }
 
     /// The (method, template) pairs of the `(Method::…, [...])` arms in `resolve`, read from

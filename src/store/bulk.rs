@@ -81,8 +81,8 @@ pub struct BatchDone {
     pub picked: usize,
     pub last_seq: i64,
     /// Jobs the batch ended (a cancelled pending job, a deleted job that had not ended), for
-    /// `job_ended`.
-    pub ended: Vec<(String, Ending)>,
+    /// `job_ended`: id, queue, and how.
+    pub ended: Vec<(String, String, Ending)>,
     /// Running jobs whose attempt must stop: cancelled (the cancel is recorded for their
     /// node) or deleted. With their `node`, `attempt` and `started_at`.
     pub stop: Vec<Job>,
@@ -107,8 +107,8 @@ impl Store {
             .collect();
         let mut affected = 0;
         let mut done_with = |done: BatchDone| {
-            for (id, ending) in &done.ended {
-                self.job_ended(id, *ending);
+            for (id, queue, ending) in &done.ended {
+                self.job_ended(id, queue, *ending);
             }
             on_batch(&done);
             affected += done.affected;

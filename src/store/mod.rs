@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus, NewJob};
+use crate::metrics::{Metrics, MinuteCounts, Outcome};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use crate::waiters::Waiters;
@@ -73,6 +74,8 @@ pub struct Options {
     /// Connections to keep to a database server (PostgreSQL); SQLite uses two.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pool_size: usize,
+    /// Where the store records submits, attempts, ends and commit times.
+    pub metrics: Arc<Metrics>,
 }
 
 #[cfg(test)]
@@ -84,6 +87,7 @@ impl Options {
             max_pending_jobs,
             node: node.into(),
             pool_size: 1,
+            metrics: Arc::default(),
         }
     }
 }
@@ -348,6 +352,22 @@ pub trait Backend: Send + Sync {
     /// how many.
     fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize>;
 
+    // -- Observing: what `GET /metrics` and `GET /stats` read beside the queue counters ----
+
+    /// The earliest `run_at` among the queue's pending jobs (due or not), `None` with none:
+    /// one index seek per priority its pending jobs have.
+    fn oldest_pending_run_at(&self, queue: &str) -> Result<Option<Timestamp>>;
+
+    /// The database's size on disk in bytes, cheaply (file sizes, or the server's own count).
+    fn size_bytes(&self) -> Result<u64>;
+
+    /// Adds `counts` to `finished_minutes` (n = n + delta) and deletes the rows of minutes
+    /// before `prune_before`, in one transaction.
+    fn add_finished_minutes(&self, counts: &MinuteCounts, prune_before: i64) -> Result<()>;
+
+    /// The rows of `finished_minutes` from minute `since` on.
+    fn finished_minutes(&self, since: i64) -> Result<MinuteCounts>;
+
     /// Tells the other nodes, soon and without blocking, that the job `id` ended here, for
     /// their requests waiting on it. A backend without other nodes does nothing.
     fn announce_ended(&self, _id: &str) {}
@@ -370,6 +390,8 @@ pub enum Ending {
 /// The store the server holds: a backend, and what every backend shares.
 pub struct Store {
     backend: Box<dyn Backend>,
+    /// Submits, claims, outcomes and ends are counted here, as they pass the store.
+    metrics: Arc<Metrics>,
     /// The requests waiting for a job to end, woken by `job_ended` and by other nodes.
     waiters: Arc<Waiters>,
     /// What `job_ended` saw, for the tests that check every end passes it once.
@@ -393,7 +415,9 @@ impl Store {
                 ))
             }
         };
-        Ok(Store::with_backend(backend))
+        let mut store = Store::with_backend(backend);
+        store.metrics = Arc::clone(&options.metrics);
+        Ok(store)
     }
 
     pub fn with_backend(backend: Box<dyn Backend>) -> Store {
@@ -405,6 +429,7 @@ impl Store {
         }));
         Store {
             backend,
+            metrics: Arc::default(),
             waiters,
             #[cfg(test)]
             ended: std::sync::Mutex::default(),
@@ -425,7 +450,15 @@ impl Store {
         key: Option<&NewKey>,
         now: Timestamp,
     ) -> Result<Inserted> {
-        self.backend.insert_jobs(jobs, key, now)
+        let inserted = self.backend.insert_jobs(jobs, key, now)?;
+        if inserted == Inserted::Stored {
+            // Runs of one queue counted at once: a batch is mostly one queue's.
+            for run in jobs.chunk_by(|(_, a), (_, b)| a.queue == b.queue) {
+                self.metrics
+                    .jobs_submitted(&run[0].1.queue, run.len() as u64);
+            }
+        }
+        Ok(inserted)
     }
 
     pub fn idempotency_key(&self, key: &str, fresh_since: Timestamp) -> Result<Option<StoredKey>> {
@@ -451,7 +484,11 @@ impl Store {
     }
 
     pub fn claim_next_due(&self, now: Timestamp) -> Result<Option<Job>> {
-        self.backend.claim_next_due(now)
+        let claimed = self.backend.claim_next_due(now)?;
+        if let Some(job) = &claimed {
+            self.job_started(job, now);
+        }
+        Ok(claimed)
     }
 
     pub fn next_due_at(&self) -> Result<Option<Timestamp>> {
@@ -467,7 +504,7 @@ impl Store {
     ) -> Result<bool> {
         let recorded = self.backend.finish_attempt(job, end, details, now)?;
         if recorded {
-            self.attempt_recorded(job, end);
+            self.attempt_recorded(job, end, now);
         }
         Ok(recorded)
     }
@@ -481,7 +518,10 @@ impl Store {
     ) -> Result<FinishAndClaim> {
         let done = self.backend.finish_and_claim_next(job, end, details, now)?;
         if done.recorded {
-            self.attempt_recorded(job, end);
+            self.attempt_recorded(job, end, now);
+        }
+        if let Some(next) = &done.next {
+            self.job_started(next, now);
         }
         Ok(done)
     }
@@ -493,7 +533,7 @@ impl Store {
     pub fn cancel(&self, id: &str, now: Timestamp) -> Result<Cancel> {
         let cancel = self.backend.cancel(id, now)?;
         if let Cancel::Cancelled(job) = &cancel {
-            self.job_ended(&job.id, Ending::Finished(job.status));
+            self.job_ended(&job.id, &job.queue, Ending::Finished(job.status));
         }
         Ok(cancel)
     }
@@ -502,7 +542,7 @@ impl Store {
         let deleted = self.backend.delete(id)?;
         // A job that had ended already passed `job_ended` then.
         if let Some(job) = deleted.as_ref().filter(|job| !job.status.is_terminal()) {
-            self.job_ended(&job.id, Ending::Deleted);
+            self.job_ended(&job.id, &job.queue, Ending::Deleted);
         }
         Ok(deleted)
     }
@@ -560,7 +600,30 @@ impl Store {
     }
 
     pub fn prune_ended(&self, before: Timestamp, limit: usize) -> Result<usize> {
-        self.backend.prune_ended(before, limit)
+        let pruned = self.backend.prune_ended(before, limit)?;
+        self.metrics.jobs_pruned(pruned as u64);
+        Ok(pruned)
+    }
+
+    pub fn oldest_pending_run_at(&self, queue: &str) -> Result<Option<Timestamp>> {
+        self.backend.oldest_pending_run_at(queue)
+    }
+
+    pub fn size_bytes(&self) -> Result<u64> {
+        self.backend.size_bytes()
+    }
+
+    pub fn add_finished_minutes(&self, counts: &MinuteCounts, prune_before: i64) -> Result<()> {
+        self.backend.add_finished_minutes(counts, prune_before)
+    }
+
+    pub fn finished_minutes(&self, since: i64) -> Result<MinuteCounts> {
+        self.backend.finished_minutes(since)
+    }
+
+    /// Where the store records what passes it.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
@@ -572,10 +635,29 @@ impl Store {
         &self.waiters
     }
 
-    /// Passes the job to `job_ended` if the outcome just recorded for its attempt ends it.
-    fn attempt_recorded(&self, job: &Job, end: &AttemptEnd) {
+    /// A claimed job starts: how long it waited since it was due.
+    fn job_started(&self, job: &Job, now: Timestamp) {
+        let started = job.started_at.unwrap_or(now);
+        self.metrics
+            .job_started(&job.queue, job.run_at.until(started));
+    }
+
+    /// Counts the attempt's outcome, and passes the job to `job_ended` if the outcome just
+    /// recorded for its attempt ends it.
+    fn attempt_recorded(&self, job: &Job, end: &AttemptEnd, now: Timestamp) {
+        let outcome = match end {
+            AttemptEnd::Succeeded { .. } => Outcome::Success,
+            AttemptEnd::Failed { .. } => Outcome::Failed,
+            AttemptEnd::TimedOut { .. } => Outcome::Timeout,
+            AttemptEnd::Cancelled { .. } => Outcome::Cancelled,
+            AttemptEnd::Released { .. } => Outcome::Released,
+        };
+        let ran = job
+            .started_at
+            .map_or(Duration::ZERO, |started| started.until(now));
+        self.metrics.attempt_ended(&job.queue, outcome, ran);
         if let Some(status) = end.final_status() {
-            self.job_ended(&job.id, Ending::Finished(status));
+            self.job_ended(&job.id, &job.queue, Ending::Finished(status));
         }
     }
 
@@ -583,17 +665,20 @@ impl Store {
     /// success, failed, timeout or cancelled (a recovery's too), the cancel of a pending job,
     /// and the delete of a job that had not ended. A scheduled retry or a release is no end; a
     /// manual retry starts the job over, and it ends here again. It wakes the requests
-    /// waiting for the job here, and has the backend tell the other nodes for theirs; metrics
-    /// and webhooks would hang here too. Runs on the caller's thread once its write is
+    /// waiting for the job here, has the backend tell the other nodes for theirs, and counts
+    /// the end in the metrics (`queue` is the job's; webhooks would hang here too). Runs on the caller's thread once its write is
     /// answered; a worker's outcome may be answered before it is on disk (SQLite), so after a
     /// crash a job can end here twice.
-    fn job_ended(&self, id: &str, ending: Ending) {
+    fn job_ended(&self, id: &str, queue: &str, ending: Ending) {
         debug_assert!(
             !matches!(ending, Ending::Finished(status) if !status.is_terminal()),
             "job {id} reported ended as {ending:?}"
         );
         self.waiters.wake(id);
         self.backend.announce_ended(id);
+        if let Ending::Finished(status) = ending {
+            self.metrics.job_finished(queue, status, Timestamp::now());
+        }
         #[cfg(test)]
         self.ended
             .lock()

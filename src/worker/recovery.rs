@@ -47,6 +47,7 @@ pub fn recover_lost(
             continue;
         }
         recovered += 1;
+        store.metrics().job_recovered();
         match end {
             AttemptEnd::Failed {
                 retry_at: Some(at), ..
@@ -104,6 +105,7 @@ pub fn recover_orphan(
     let end = retry.after_failure(&job, error, now);
     match store.finish_attempt(&job, &end, &AttemptDetails::default(), now) {
         Ok(true) => {
+            store.metrics().job_recovered();
             warn!("job {job_id}: attempt {attempt} ran nowhere; recovered as interrupted");
             if let AttemptEnd::Failed {
                 retry_at: Some(at), ..

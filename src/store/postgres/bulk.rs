@@ -40,7 +40,7 @@ pub(super) const RETRY: &str = "UPDATE jobs SET status = 'pending', retry_count 
 pub(super) const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', finished_at = $2,
         error_message = 'cancelled by request'
      WHERE seq = ANY($1::bigint[]) AND status = 'pending'
-     RETURNING id";
+     RETURNING id, queue";
 pub(super) const REQUEST_CANCEL: &str = concat!(
     "UPDATE jobs SET cancel_requested = true
      WHERE seq = ANY($1::bigint[]) AND status = 'running'
@@ -87,9 +87,9 @@ impl PostgresStore {
                     }
                     BulkAction::Cancel => {
                         for row in session.query(CANCEL_PENDING, &[&seqs, &now])? {
-                            let id: String = row.try_get(0)?;
-                            done.ended
-                                .push((id, Ending::Finished(JobStatus::Cancelled)));
+                            let (id, queue): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                            let ending = Ending::Finished(JobStatus::Cancelled);
+                            done.ended.push((id, queue, ending));
                         }
                         for row in session.query(REQUEST_CANCEL, &[&seqs])? {
                             done.stop.push(row::job(&row)?);
@@ -102,7 +102,11 @@ impl PostgresStore {
                         for row in rows {
                             let job = row::job(&row)?;
                             if !job.status.is_terminal() {
-                                done.ended.push((job.id.clone(), Ending::Deleted));
+                                done.ended.push((
+                                    job.id.clone(),
+                                    job.queue.clone(),
+                                    Ending::Deleted,
+                                ));
                             }
                             if job.status == JobStatus::Running {
                                 done.stop.push(job);

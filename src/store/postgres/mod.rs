@@ -12,6 +12,7 @@ mod bulk;
 mod error;
 mod list;
 mod notify;
+mod observe;
 mod pool;
 mod queues;
 mod retention;
@@ -37,6 +38,7 @@ use super::{
 };
 use crate::error::{Error, Result, StorageFailure};
 use crate::job::{Attempt, AttemptDetails, AttemptEnd, Job, JobStatus};
+use crate::metrics::MinuteCounts;
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use error::Failure;
@@ -122,7 +124,13 @@ impl PostgresStore {
             } => Error::DatabaseUnusable(format!("cannot use the database {describe}: {detail}")),
             other => other,
         };
-        let pool = Pool::open(config.clone(), options.pool_size, setup).map_err(unusable)?;
+        let pool = Pool::open(
+            config.clone(),
+            options.pool_size,
+            setup,
+            options.metrics.db_commit_seconds(),
+        )
+        .map_err(unusable)?;
         let schema = pool.run(schema::migrate).map_err(unusable)?;
         let announcer = Announcer::start(config.clone(), schema.clone())?;
         Ok(PostgresStore {
@@ -597,6 +605,24 @@ impl Backend for PostgresStore {
 
     fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
         retention::prune_idempotency_keys(&self.pool, before, limit)
+    }
+
+    // Observing: the SQL is in `observe.rs`.
+
+    fn oldest_pending_run_at(&self, queue: &str) -> Result<Option<Timestamp>> {
+        observe::oldest_pending_run_at(&self.pool, queue)
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        observe::size_bytes(&self.pool)
+    }
+
+    fn add_finished_minutes(&self, counts: &MinuteCounts, prune_before: i64) -> Result<()> {
+        observe::add_finished_minutes(&self.pool, counts, prune_before)
+    }
+
+    fn finished_minutes(&self, since: i64) -> Result<MinuteCounts> {
+        observe::finished_minutes(&self.pool, since)
     }
 
     fn announce_ended(&self, id: &str) {

@@ -8,7 +8,7 @@
 //! life, so a hot statement is parsed and planned once per connection.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
@@ -16,6 +16,7 @@ use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use super::error::{connect_failure, Failure};
 use crate::error::{Error, Result};
+use crate::metrics::Histogram;
 
 /// How long a caller waits for a free connection before the request is refused.
 const CHECKOUT_WAIT: Duration = Duration::from_secs(5);
@@ -31,6 +32,8 @@ pub struct Pool {
     state: Mutex<State>,
     /// Signalled whenever a connection comes back or a slot frees up.
     returned: Condvar,
+    /// Where each transaction's commit time is counted (`db_commit_seconds`).
+    commit_seconds: Arc<Histogram>,
 }
 
 struct State {
@@ -42,6 +45,7 @@ struct State {
 pub struct Connection {
     client: Client,
     statements: Statements,
+    commit_seconds: Arc<Histogram>,
 }
 
 type Statements = HashMap<&'static str, Statement>;
@@ -49,7 +53,12 @@ type Statements = HashMap<&'static str, Statement>;
 impl Pool {
     /// A pool of up to `size` connections; opens one now, so that a server that cannot be
     /// reached or refuses the credentials fails the start.
-    pub fn open(config: postgres::Config, size: usize, setup: Setup) -> Result<Pool> {
+    pub fn open(
+        config: postgres::Config,
+        size: usize,
+        setup: Setup,
+        commit_seconds: Arc<Histogram>,
+    ) -> Result<Pool> {
         let pool = Pool {
             config,
             setup,
@@ -59,6 +68,7 @@ impl Pool {
                 open: 1,
             }),
             returned: Condvar::new(),
+            commit_seconds,
         };
         let first = pool.connect()?;
         pool.lock().idle.push(first);
@@ -138,6 +148,7 @@ impl Pool {
         Ok(Connection {
             client,
             statements: HashMap::new(),
+            commit_seconds: Arc::clone(&self.commit_seconds),
         })
     }
 
@@ -207,7 +218,9 @@ impl Connection {
             client: &mut transaction,
             statements: &mut self.statements,
         })?;
+        let started = Instant::now();
         transaction.commit()?;
+        self.commit_seconds.observe(started.elapsed());
         Ok(value)
     }
 

@@ -42,7 +42,7 @@ pub(super) const RETRY: &str = "UPDATE jobs SET status = 'pending', retry_count 
 pub(super) const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', finished_at = ?2,
         error_message = 'cancelled by request'
      WHERE seq IN (SELECT value FROM json_each(?1)) AND +status = 'pending'
-     RETURNING id";
+     RETURNING id, queue";
 pub(super) const REQUEST_CANCEL: &str = concat!(
     "UPDATE jobs SET cancel_requested = 1
      WHERE seq IN (SELECT value FROM json_each(?1)) AND +status = 'running'
@@ -95,7 +95,7 @@ impl SqliteStore {
                 done.affected = (ended.len() + running.len()) as u64;
                 done.ended = ended
                     .into_iter()
-                    .map(|id| (id, Ending::Finished(JobStatus::Cancelled)))
+                    .map(|(id, queue)| (id, queue, Ending::Finished(JobStatus::Cancelled)))
                     .collect();
                 done.stop = running
                     .into_iter()
@@ -107,7 +107,8 @@ impl SqliteStore {
                 for raw in raws {
                     let job = raw.into_job()?;
                     if !job.status.is_terminal() {
-                        done.ended.push((job.id.clone(), Ending::Deleted));
+                        done.ended
+                            .push((job.id.clone(), job.queue.clone(), Ending::Deleted));
                     }
                     if job.status == JobStatus::Running {
                         done.stop.push(job);
@@ -188,7 +189,8 @@ impl Pick {
 enum Acted {
     Retried(u64),
     Cancelled {
-        ended: Vec<String>,
+        /// Id and queue of each pending job cancelled.
+        ended: Vec<(String, String)>,
         running: Vec<RawJob>,
     },
     Deleted(Vec<RawJob>),
@@ -215,8 +217,8 @@ fn act(writer: &mut Writer<'_>, action: BulkAction, seqs: &[i64], now: i64) -> R
         BulkAction::Cancel => {
             let ended = writer
                 .prepare_cached(CANCEL_PENDING)?
-                .query_map(params![seqs, now], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+                .query_map(params![seqs, now], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
             writer.pending_changed(-(ended.len() as i64));
             let running = writer
                 .prepare_cached(REQUEST_CANCEL)?

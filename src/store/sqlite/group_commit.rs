@@ -33,7 +33,7 @@
 
 use std::mem;
 use std::ops::Deref;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rusqlite::Connection;
@@ -41,6 +41,7 @@ use rusqlite::Connection;
 use super::reply::{reply_slot, Message};
 use super::write_health::WriteHealth;
 use crate::error::{Error, Result, StorageFailure};
+use crate::metrics::Histogram;
 
 /// Runs a queued write against the batch's transaction (`None` if there is none to run in) and
 /// returns how to deliver the write's result once the commit's fate is known.
@@ -92,6 +93,8 @@ pub struct GroupCommit {
     /// Writes waiting for the next batch, and whether a leader is running one.
     queue: Mutex<Queue>,
     health: WriteHealth,
+    /// Where each batch's commit time is counted (`db_commit_seconds`).
+    commit_seconds: Arc<Histogram>,
 }
 
 /// What one write works with: the batch's open transaction (through `Deref`), and the number
@@ -129,7 +132,11 @@ impl Writer<'_> {
 
 impl GroupCommit {
     /// `pending` is the number of pending jobs in the database now.
-    pub fn new(connection: Connection, pending: u64) -> GroupCommit {
+    pub fn new(
+        connection: Connection,
+        pending: u64,
+        commit_seconds: Arc<Histogram>,
+    ) -> GroupCommit {
         GroupCommit {
             side: Mutex::new(WriteSide {
                 connection,
@@ -138,6 +145,7 @@ impl GroupCommit {
             }),
             queue: Mutex::new(Queue::default()),
             health: WriteHealth::default(),
+            commit_seconds,
         }
     }
 
@@ -269,7 +277,7 @@ impl GroupCommit {
             "two group-commit leaders"
         );
         let mut side = lock(&self.side);
-        let (deliveries, failure) = run_batch(&mut side, batch, &self.health);
+        let (deliveries, failure) = run_batch(&mut side, batch, &self.health, &self.commit_seconds);
         // The next batch can start while this one's callers are woken, one system call each.
         drop(side);
         drop(hand_off);
@@ -287,6 +295,7 @@ fn run_batch(
     side: &mut WriteSide,
     batch: Vec<Waiting>,
     health: &WriteHealth,
+    commit_seconds: &Histogram,
 ) -> (Vec<Deliver>, Option<String>) {
     let connection = &side.connection;
     let transaction = match Transaction::begin(connection) {
@@ -369,6 +378,7 @@ fn run_batch(
             .err()
             .map(|err| format!("the database could not commit: {}", describe(&err.into())))
     };
+    commit_seconds.observe(started.elapsed());
     log::trace!(
         "committed {} write(s) in {:?}",
         deliveries.len(),
@@ -583,7 +593,7 @@ mod tests {
             )
             .unwrap();
         Table {
-            commit: GroupCommit::new(connection, 0),
+            commit: GroupCommit::new(connection, 0, Arc::new(Histogram::new(&[1.0]))),
             _dir: dir,
         }
     }

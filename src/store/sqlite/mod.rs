@@ -12,6 +12,7 @@
 
 mod error;
 mod group_commit;
+mod observe;
 mod queues;
 mod reply;
 mod retention;
@@ -37,6 +38,7 @@ use crate::error::{Error, Result, StorageFailure};
 use crate::job::{
     Attempt, AttemptDetails, AttemptEnd, AttemptStatus, Job, JobStatus, MAX_PRIORITY,
 };
+use crate::metrics::MinuteCounts;
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::time::Timestamp;
 use group_commit::{in_savepoint, GroupCommit, Writer};
@@ -147,6 +149,8 @@ const FINISH_ATTEMPT: &str = "UPDATE jobs SET
      WHERE seq = ?1 AND status = 'running' AND attempt IS ?7 AND started_at IS ?8";
 
 pub struct SqliteStore {
+    /// The database file, for its size.
+    path: std::path::PathBuf,
     writes: GroupCommit,
     /// The read connection; the lock makes its statements one at a time.
     reader: Mutex<Connection>,
@@ -183,7 +187,8 @@ impl SqliteStore {
         reader.pragma_update(None, "query_only", true)?;
         let pending: u64 = writer.query_row(COUNT_PENDING, [], |row| row.get(0))?;
         Ok(SqliteStore {
-            writes: GroupCommit::new(writer, pending),
+            path: path.to_path_buf(),
+            writes: GroupCommit::new(writer, pending, options.metrics.db_commit_seconds()),
             reader: Mutex::new(reader),
             max_pending_jobs: options.max_pending_jobs,
             node: options.node.clone(),
@@ -617,6 +622,24 @@ impl Backend for SqliteStore {
 
     fn prune_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<usize> {
         retention::prune_idempotency_keys(&self.writes, before, limit)
+    }
+
+    // Observing: the SQL is in `observe.rs`.
+
+    fn oldest_pending_run_at(&self, queue: &str) -> Result<Option<Timestamp>> {
+        observe::oldest_pending_run_at(&self.read(), queue)
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        observe::size_bytes(&self.path)
+    }
+
+    fn add_finished_minutes(&self, counts: &MinuteCounts, prune_before: i64) -> Result<()> {
+        observe::add_finished_minutes(&self.writes, counts, prune_before)
+    }
+
+    fn finished_minutes(&self, since: i64) -> Result<MinuteCounts> {
+        observe::finished_minutes(&self.read(), since)
     }
 }
 
