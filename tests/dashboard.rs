@@ -557,7 +557,7 @@ fn the_dashboard_works_under_a_base_path() {
 }
 
 #[test]
-fn the_overview_counts_jobs_by_status_and_queue_and_the_functions_page_lists_them() {
+fn the_overview_shows_the_servers_counts_chart_workers_and_waiting_and_the_functions() {
     let Some(browser) = Browser::start() else {
         return;
     };
@@ -565,18 +565,29 @@ fn the_overview_counts_jobs_by_status_and_queue_and_the_functions_page_lists_the
     let server = functions.server().start();
     run_simulated(&server, "default", false, 3);
     run_simulated(&server, "reports", true, 2);
-    let stats_ready = server.get("/stats").status == 200;
+    // Two jobs wait in a paused queue: its oldest pending age grows.
+    assert_eq!(server.post_empty("/queues/backlog/pause").status, 200);
+    for _ in 0..2 {
+        server.submit(json!({"queue": "backlog", "payload": {"duration_ms": 5}}));
+    }
 
     browser.open(&url(&server, "/"));
     browser.wait_for_text("#status-cards [data-status=\"success\"] .stat-value", "3");
     browser.wait_for_text("#status-cards [data-status=\"failed\"] .stat-value", "2");
+    browser.wait_for_text("#status-cards [data-status=\"pending\"] .stat-value", "2");
     browser.wait_for_text("#overview-queues tr[data-queue=\"reports\"]", "reports");
-    if stats_ready {
-        browser.wait_for_element("#finished-chart svg");
-        browser.wait_for_text("#workers-busy", "/");
-    } else {
-        browser.wait_for_text("#stats-error", "GET /stats");
-    }
+    // From GET /stats, as the server counts them: no fallback, no error.
+    browser.wait_for_text("#workers-busy", "0 / ");
+    browser.wait_for_text("#finished-chart .legend", "succeeded 3");
+    browser.wait_for_text("#finished-chart .legend", "failed 2");
+    let bars = browser.script(
+        "return document.querySelectorAll('#finished-chart svg g.bar').length",
+        json!([]),
+    );
+    assert_eq!(bars, Ok(json!(60)));
+    assert_eq!(browser.text("#stats-error"), Some(String::new()));
+    let waited = browser.wait_for_text("#overview-queues tr[data-queue=\"backlog\"] .oldest", " s");
+    assert!(!waited.contains('—'), "{waited}");
     browser.screenshot("overview");
 
     browser.click("#nav a[data-view=\"functions\"]");
@@ -584,69 +595,4 @@ fn the_overview_counts_jobs_by_status_and_queue_and_the_functions_page_lists_the
         browser.wait_for_text(&format!("tr[data-function=\"{name}\"]"), name);
     }
     browser.screenshot("functions");
-}
-
-/// The overview drawn from `GET /stats` in its documented shape, answered by the page's own
-/// `fetch` stand-in: the chart, the workers and the oldest pending age per queue, whatever
-/// the server's counters hold at the moment.
-#[test]
-fn the_overview_draws_the_chart_workers_and_ages_from_the_stats_shape() {
-    let Some(browser) = Browser::start() else {
-        return;
-    };
-    let server = TestServer::start();
-    browser.open(&url(&server, "/#/overview"));
-    // The first refresh has drawn (with the server's own answer) before the stand-in.
-    browser.wait_for_element("#status-cards .stat");
-    let minute_ms = 60_000i64;
-    let now_minute = now_micros() / 1000 / minute_ms * minute_ms;
-    let minutes: Vec<Value> = (0..60i64)
-        .map(|index| {
-            let at = (now_minute - (59 - index) * minute_ms) * 1000;
-            let wave = (index * 7 % 23) as u64;
-            json!({"minute": format_ts(at), "succeeded": 20 + wave * 3,
-                   "failed": if index % 9 == 4 { 6 + wave / 2 } else { wave % 3 }, "cancelled": 0})
-        })
-        .collect();
-    let counts = json!({"pending": 12, "running": 3, "success": 48210, "failed": 97,
-                        "timeout": 4, "cancelled": 11});
-    let stats = json!({
-        "generated_at": format_ts(now_micros()), "node": "node-a", "jobs": counts,
-        "queues": [
-            {"name": "default", "paused": false, "concurrency": null, "rate_per_second": null,
-             "counts": counts, "oldest_pending_age_seconds": 12.5},
-            {"name": "emails", "paused": true, "concurrency": 2, "rate_per_second": null,
-             "counts": {"pending": 0, "running": 0, "success": 0, "failed": 0, "timeout": 0,
-                        "cancelled": 0}, "oldest_pending_age_seconds": null},
-        ],
-        "workers": {"total": 4, "busy": 3},
-        "finished_per_minute": minutes,
-    });
-    browser
-        .script(
-            "const stats = arguments[0]; const real = window.fetch;
-             window.fetch = (url, options) => String(url).endsWith('/stats')
-               ? Promise.resolve(new Response(JSON.stringify(stats),
-                   {status: 200, headers: {'Content-Type': 'application/json'}}))
-               : real(url, options);
-             refreshNow();",
-            json!([stats]),
-        )
-        .unwrap();
-    browser.wait_for_text("#workers-busy", "3 / 4");
-    browser.wait_for_text(
-        "#status-cards [data-status=\"success\"] .stat-value",
-        "48,210",
-    );
-    browser.wait_for_text(
-        "#overview-queues tr[data-queue=\"default\"] .oldest",
-        "12.5 s",
-    );
-    let bars = browser.script(
-        "return document.querySelectorAll('#finished-chart svg g.bar').length",
-        json!([]),
-    );
-    assert_eq!(bars, Ok(json!(60)));
-    assert_eq!(browser.text("#stats-error"), Some(String::new()));
-    browser.screenshot("overview-chart");
 }

@@ -190,10 +190,10 @@ fn a_scrape_counts_submits_attempts_and_ends_exactly() {
     );
     assert!(value(&samples, "minilambda_db_commit_seconds_count") >= 1.0);
     assert!(value(&samples, "minilambda_db_size_bytes") > 0.0);
-    assert!(value(&samples, "minilambda_process_resident_memory_bytes") > 0.0);
-    assert!(value(&samples, "minilambda_process_open_fds") > 0.0);
-    assert!(value(&samples, "minilambda_process_threads") > 1.0);
-    let started = value(&samples, "minilambda_process_start_time_seconds");
+    assert!(value(&samples, "process_resident_memory_bytes") > 0.0);
+    assert!(value(&samples, "process_open_fds") > 0.0);
+    assert!(value(&samples, "process_threads") > 1.0);
+    let started = value(&samples, "process_start_time_seconds");
     let now = now_micros() as f64 / 1e6;
     assert!(
         started <= now + 1.0 && started > now - 3600.0,

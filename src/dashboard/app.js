@@ -415,7 +415,8 @@ function drawQueueSummary(container, queues) {
     h("td", {}, h("a", { href: jobsHash({ queue: queue.name }) }, queue.name)),
     h("td", {}, queue.paused ? h("span", { class: "badge paused", text: "paused" }) : h("span", { class: "badge active", text: "active" })),
     STATUSES.map((status) => h("td", { class: "num" }, String(queue.counts[status] || 0))),
-    h("td", { class: "num oldest" }, queue.oldest_pending_age_seconds === undefined ? "—" : age(queue.oldest_pending_age_seconds)),
+    // /stats says 0 when no pending job is due: nothing waits, shown as a dash.
+    h("td", { class: "num oldest" }, queue.oldest_pending_age_seconds > 0 ? age(queue.oldest_pending_age_seconds) : "—"),
   ));
   container.append(h("table", { class: "table" },
     h("thead", {}, h("tr", {}, h("th", {}, "Queue"), h("th", {}, "State"),
@@ -433,7 +434,8 @@ function finishedChart(minutes) {
   const plotWidth = width - left - 10;
   const plotHeight = height - bottom - top;
   const most = Math.max(4, ...minutes.map((m) => (m.succeeded || 0) + (m.failed || 0)));
-  const scale = niceCeiling(most);
+  // Four grid steps of a whole, round size, so every tick reads as a whole number.
+  const scale = 4 * niceStep(most / 4);
   const slot = plotWidth / Math.max(1, minutes.length);
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg", role: "img", "aria-label": "jobs finished per minute" });
   for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
@@ -465,9 +467,11 @@ function finishedChart(minutes) {
   return [svg, legend];
 }
 
-function niceCeiling(n) {
-  const power = 10 ** Math.floor(Math.log10(n));
-  for (const step of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (step * power >= n) return step * power;
+/// The smallest round whole number (1, 2, 2.5, 5 … times a power of ten) at least `n`.
+function niceStep(n) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(1, n)));
+  const steps = power === 1 ? [1, 2, 3, 4, 5, 6, 8, 10] : [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10];
+  for (const step of steps) if (step * power >= n) return step * power;
   return 10 * power;
 }
 

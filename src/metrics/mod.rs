@@ -506,12 +506,13 @@ fn render_gauges(out: &mut Exposition, gauges: &Gauges, version: &str) {
     );
     out.int(&build, &[("version", version)], 1);
 
+    // The process gauges keep the names every Prometheus client library gives them (no
+    // prefix), so existing dashboards and alerts for `process_*` work unchanged.
     let process = process::read();
-    let mut optional = |short: &str, help: &str, value: Option<f64>| {
+    let mut optional = |full: &str, help: &str, value: Option<f64>| {
         if let Some(value) = value {
-            let full = name(short);
-            out.family(&full, "gauge", help);
-            out.real(&full, &[], value);
+            out.family(full, "gauge", help);
+            out.real(full, &[], value);
         }
     };
     optional(
