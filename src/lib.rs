@@ -17,6 +17,7 @@ mod functions;
 mod http;
 mod idempotency;
 mod job;
+pub mod log_line;
 mod queue;
 mod queue_settings;
 mod retention;
@@ -26,6 +27,7 @@ mod schemas;
 mod server;
 mod store;
 mod time;
+mod trace;
 mod waiters;
 mod worker;
 

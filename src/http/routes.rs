@@ -96,11 +96,11 @@ pub fn route(
         Endpoint::OpenApi => Ok(openapi::document()),
         Endpoint::Functions => Ok(handlers::functions(state)),
         Endpoint::Submit | Endpoint::SubmitBatch => {
-            let key = submit::idempotency_key(request)?;
+            let headers = submit::SubmitHeaders::of(request)?;
             let body = read_json_bytes(request, body, body_limits(state), body_read)?;
             match endpoint {
-                Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
-                _ => submit::submit_batch(state, key.as_deref(), &body),
+                Endpoint::Submit => submit::submit(state, headers, &body),
+                _ => submit::submit_batch(state, headers, &body),
             }
         }
         Endpoint::Function(name) => function::function(state, name),

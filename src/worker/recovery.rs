@@ -9,6 +9,7 @@ use log::warn;
 use super::idle::Waker;
 use crate::error::Result;
 use crate::job::{AttemptDetails, AttemptEnd};
+use crate::log_line::job_line;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -51,7 +52,9 @@ pub fn recover_lost(
             AttemptEnd::Failed {
                 retry_at: Some(at), ..
             } => {
-                warn!(
+                job_line!(
+                    warn,
+                    job,
                     "job {} recovered: node {node} stopped while it ran attempt {}; retry {} of {} at {at}",
                     job.id,
                     job.attempt_number(),
@@ -62,12 +65,16 @@ pub fn recover_lost(
                     waker.job_queued(at);
                 }
             }
-            AttemptEnd::Cancelled { .. } => warn!(
+            AttemptEnd::Cancelled { .. } => job_line!(
+                warn,
+                job,
                 "job {} recovered: node {node} stopped while it ran attempt {}; it had been cancelled, marked cancelled",
                 job.id,
                 job.attempt_number()
             ),
-            _ => warn!(
+            _ => job_line!(
+                warn,
+                job,
                 "job {} recovered: node {node} stopped while it ran attempt {}; no retries left, marked failed",
                 job.id,
                 job.attempt_number()
@@ -94,7 +101,7 @@ pub fn recover_orphan(
         Ok(Some(job)) if job.attempt == Some(attempt) => job,
         Ok(_) => return,
         Err(err) => {
-            warn!("cannot read job {job_id} to recover its orphaned attempt: {err}");
+            warn!(job_id, attempt; "cannot read job {job_id} to recover its orphaned attempt: {err}");
             return;
         }
     };
@@ -104,7 +111,11 @@ pub fn recover_orphan(
     let end = retry.after_failure(&job, error, now);
     match store.finish_attempt(&job, &end, &AttemptDetails::default(), now) {
         Ok(true) => {
-            warn!("job {job_id}: attempt {attempt} ran nowhere; recovered as interrupted");
+            job_line!(
+                warn,
+                &job,
+                "job {job_id}: attempt {attempt} ran nowhere; recovered as interrupted"
+            );
             if let AttemptEnd::Failed {
                 retry_at: Some(at), ..
             } = end
@@ -113,6 +124,10 @@ pub fn recover_orphan(
             }
         }
         Ok(false) => {}
-        Err(err) => warn!("cannot recover job {job_id}'s orphaned attempt: {err}"),
+        Err(err) => job_line!(
+            warn,
+            &job,
+            "cannot recover job {job_id}'s orphaned attempt: {err}"
+        ),
     }
 }
