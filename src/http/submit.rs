@@ -54,7 +54,8 @@ impl SubmitHeaders {
         Ok(SubmitHeaders {
             idempotency_key: single_header(request, IDEMPOTENCY_KEY)?,
             traceparent: single_header(request, trace::HEADER)?
-                .map(|value| TraceParent::parse(&value))
+                // HTTP's optional whitespace around a value is not part of it.
+                .map(|value| TraceParent::parse(value.trim_matches([' ', '\t'])))
                 .transpose()?,
         })
     }
