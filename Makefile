@@ -24,11 +24,13 @@ chaos:
 # submit and end to end on PostgreSQL (1 and 3 nodes) if one answers at BENCH_POSTGRES_URL
 # (default postgres://root@127.0.0.1/test). Prints a table against the performance targets and
 # writes target/bench/latest.json. One build with the postgres feature serves every phase.
+# The profiling profile is the release build with line tables (Cargo.toml), so a profiler can
+# be pointed at the server the benchmark runs: target/profiling/mini-lambda-rust.
 bench:
-	cargo build --release --features postgres --bins --examples
-	cargo run --release --features postgres --example loadgen -- --full
+	cargo build --profile profiling --features postgres --bins --examples
+	cargo run --profile profiling --features postgres --example loadgen -- --full
 
 # The same phases, smaller: a minute or two once built.
 bench-quick:
-	cargo build --release --features postgres --bins --examples
-	cargo run --release --features postgres --example loadgen -- --quick
+	cargo build --profile profiling --features postgres --bins --examples
+	cargo run --profile profiling --features postgres --example loadgen -- --quick

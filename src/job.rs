@@ -1,5 +1,5 @@
 //! The job model: statuses, the stored job, and validation of a submit request.
-//! Depends on nothing else in the crate but `error` and `time`.
+//! Depends on nothing else in the crate but `error`, `time` and `trace`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -119,6 +119,8 @@ pub struct Job {
     pub function: Option<String>,
     /// The named queue the job waits in (`default` unless the submit named one).
     pub queue: String,
+    /// The W3C `traceparent` the job was submitted with, as sent (checked by `trace`).
+    pub traceparent: Option<String>,
     /// The number of the job's current (or last) attempt: with the job, the attempt's
     /// identity. A claim sets it; an outcome lands only on the attempt it names (internal).
     #[serde(skip)]
@@ -145,6 +147,11 @@ impl Job {
     pub fn attempt_number(&self) -> u32 {
         self.attempt.unwrap_or(self.retry_count + 1)
     }
+
+    /// The trace id of the job's `traceparent`, for its log lines.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(crate::trace::trace_id)
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +174,7 @@ impl Job {
             run_at: Timestamp::from_micros(0),
             function: None,
             queue: DEFAULT_QUEUE.into(),
+            traceparent: None,
             attempt: None,
             node: None,
             cancel_requested: false,
@@ -344,6 +352,7 @@ impl NewJob {
             run_at: run_at.map(Timestamp::from_micros),
             function: None,
             queue: DEFAULT_QUEUE.into(),
+            traceparent: None,
         }
     }
 }
@@ -368,6 +377,8 @@ pub struct NewJob {
     pub function: Option<String>,
     /// The queue it waits in.
     pub queue: String,
+    /// The request's `traceparent` header (not a body field), checked by `trace`.
+    pub traceparent: Option<String>,
 }
 
 const SUBMIT_FIELDS: [&str; 8] = [
@@ -382,6 +393,11 @@ const SUBMIT_FIELDS: [&str; 8] = [
 ];
 
 impl NewJob {
+    /// The trace id of the job's `traceparent`, for its log lines.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(crate::trace::trace_id)
+    }
+
     /// Whether `name` is a field of a submit body.
     pub fn is_field(name: &str) -> bool {
         SUBMIT_FIELDS.contains(&name)
@@ -444,6 +460,7 @@ impl NewJob {
             run_at,
             function,
             queue,
+            traceparent: None,
         })
     }
 }
@@ -590,6 +607,7 @@ mod tests {
                 run_at: None,
                 function: None,
                 queue: DEFAULT_QUEUE.into(),
+                traceparent: None,
             }
         );
     }

@@ -17,6 +17,7 @@ mod functions;
 mod http;
 mod idempotency;
 mod job;
+pub mod log_line;
 mod metrics;
 mod minute_flusher;
 mod queue;
@@ -28,6 +29,7 @@ mod schemas;
 mod server;
 mod store;
 mod time;
+mod trace;
 mod waiters;
 mod worker;
 

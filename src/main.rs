@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use mini_lambda_rust::{config, run, Config, Error, Exit};
+use mini_lambda_rust::config::LogFormat;
+use mini_lambda_rust::{config, log_line, run, Config, Error, Exit};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -22,8 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    init_logging();
-
+    // The configuration first: it says how to log (LOG_FORMAT), and reading it logs nothing.
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_format);
 
     // The handler only sends a message; the shutdown sequence lives in `run`.
     let (signal_sender, signals) = crossbeam_channel::unbounded();
@@ -70,12 +71,13 @@ fn main() -> ExitCode {
 /// The log filter when `RUST_LOG` is unset, and the fallback when it cannot be used.
 const DEFAULT_LOG_FILTER: &str = "mini_lambda_rust=info";
 
-/// Logs to stderr with `RUST_LOG`'s filter, or the default one (and a warning saying why)
-/// when `RUST_LOG` would hide every line of this server.
-fn init_logging() {
+/// Logs to stderr in `format` with `RUST_LOG`'s filter, or the default one (and a warning
+/// saying why) when `RUST_LOG` would hide every line of this server.
+fn init_logging(format: LogFormat) {
     let (filter, warning) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&filter);
+    log_line::configure(&mut builder, format);
     if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
         builder.parse_write_style(&style);
     }

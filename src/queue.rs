@@ -20,12 +20,14 @@ use crate::functions::Functions;
 use crate::idempotency::Idempotency;
 use crate::job::{queue_name, Attempt, Job, JobDefaults, JobStatus, NewJob};
 use crate::job::{AttemptDetails, AttemptEnd};
+use crate::log_line::job_line;
 use crate::metrics::{Metrics, MinuteCounts};
 use crate::queue_settings::{QueueSummary, SettingsChange};
 use crate::running::RunningAttempts;
 use crate::store::Store;
 use crate::store::{FinishAndClaim, Inserted, NewKey, NewRow, StoredKey};
 use crate::time::Timestamp;
+use crate::trace::TraceParent;
 use crate::worker::{Jobs, Waker};
 
 pub use crate::store::bulk::{BulkAction, BulkFilter, MAX_FILTER_IDS};
@@ -118,30 +120,39 @@ impl Queue {
     /// needed. `answer` makes what the client is told from the new job's id; it is stored with
     /// `key`, if one is given, and a later request with the same key and fingerprint gets it
     /// again, without a new job (also if the first is still being committed: it waits).
+    /// `trace` is the request's `traceparent`, stored with the job.
     pub fn submit(
         &self,
         body: Value,
         key: Option<&Idempotency>,
+        trace: Option<TraceParent>,
         answer: impl FnOnce(&[String]) -> Result<Answer>,
     ) -> Result<Submitted> {
-        self.submit_jobs(key, answer, |now| Ok(vec![self.validate(body, now)?]))
+        self.submit_jobs(key, answer, |now| {
+            Ok(vec![self.validate(body, trace.as_ref(), now)?])
+        })
     }
 
     /// `submit` for `{"jobs": [<submit body>, ...]}` (`POST /jobs/batch`): 1 to
     /// [`MAX_BATCH_JOBS`] jobs, stored all or none in one transaction. An invalid item is a
     /// validation error naming it (`jobs[3].priority ...`); the pending limit applies to the
     /// batch as a whole. `answer` gets the ids in request order.
+    /// `trace`, the request's `traceparent`, is stored with every job of the batch.
     pub fn submit_batch(
         &self,
         body: Value,
         key: Option<&Idempotency>,
+        trace: Option<TraceParent>,
         answer: impl FnOnce(&[String]) -> Result<Answer>,
     ) -> Result<Submitted> {
         self.submit_jobs(key, answer, |now| {
             batch_items(body)?
                 .into_iter()
                 .enumerate()
-                .map(|(index, item)| self.validate(item, now).map_err(|err| in_item(index, err)))
+                .map(|(index, item)| {
+                    self.validate(item, trace.as_ref(), now)
+                        .map_err(|err| in_item(index, err))
+                })
                 .collect()
         })
     }
@@ -162,9 +173,10 @@ impl Queue {
         self.store_jobs(jobs, key, now, answer)
     }
 
-    fn validate(&self, body: Value, now: Timestamp) -> Result<NewJob> {
-        let job = NewJob::from_json(body, self.defaults, now)?;
+    fn validate(&self, body: Value, trace: Option<&TraceParent>, now: Timestamp) -> Result<NewJob> {
+        let mut job = NewJob::from_json(body, self.defaults, now)?;
         self.check_runnable(&job)?;
+        job.traceparent = trace.map(|trace| trace.as_str().to_string());
         Ok(job)
     }
 
@@ -217,12 +229,20 @@ impl Queue {
                 None => Err(Error::Internal("a submit without a key found one".into())),
             };
         }
-        match ids.as_slice() {
-            [id] => info!(target: LOG_TARGET, "job {id} submitted"),
-            [first, .., last] => info!(
+        match rows.as_slice() {
+            [(id, job)] => info!(
                 target: LOG_TARGET,
+                job_id = id.as_str(),
+                queue = job.queue.as_str(),
+                trace_id = job.trace_id();
+                "job {id} submitted"
+            ),
+            // One trace for the whole batch; its jobs may be in several queues.
+            [(first, job), .., (last, _)] => info!(
+                target: LOG_TARGET,
+                trace_id = job.trace_id();
                 "batch of {} jobs submitted: {first} to {last}",
-                ids.len()
+                rows.len()
             ),
             [] => {}
         }
@@ -306,9 +326,12 @@ impl Queue {
     pub fn retry(&self, id: &str) -> Result<Job> {
         let id = canonical_id(id)?;
         let job = self.store.retry(&id, Timestamp::now())?;
-        info!(
+        job_line!(
             target: LOG_TARGET,
-            "job {id} retried by request; retry budget reset to {}", job.max_retries
+            info,
+            &job,
+            "job {id} retried by request; retry budget reset to {}",
+            job.max_retries
         );
         self.waker.job_queued(job.run_at);
         Ok(job)
@@ -322,7 +345,7 @@ impl Queue {
         if deleted.status == JobStatus::Running {
             self.stop_attempt(&deleted);
         }
-        info!(target: LOG_TARGET, "job {id} deleted");
+        job_line!(target: LOG_TARGET, info, &deleted, "job {id} deleted");
         Ok(())
     }
 
@@ -332,10 +355,17 @@ impl Queue {
         let id = canonical_id(id)?;
         let cancel = self.store.cancel(&id, Timestamp::now())?;
         match &cancel {
-            Cancel::Cancelled(_) => info!(target: LOG_TARGET, "job {id} cancelled before it ran"),
+            Cancel::Cancelled(job) => {
+                job_line!(target: LOG_TARGET, info, job, "job {id} cancelled before it ran")
+            }
             Cancel::Running(job) => {
                 self.stop_attempt(job);
-                info!(target: LOG_TARGET, "job {id}: cancelling its running attempt");
+                job_line!(
+                    target: LOG_TARGET,
+                    info,
+                    job,
+                    "job {id}: cancelling its running attempt"
+                );
             }
         }
         Ok(cancel)

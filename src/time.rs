@@ -52,6 +52,14 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(micros))
     }
 
+    /// RFC 3339 with milliseconds (`2026-12-01T17:28:28.123Z`), as log lines write times.
+    pub fn to_rfc3339_millis(self) -> String {
+        match DateTime::<Utc>::from_timestamp_micros(self.0) {
+            Some(time) => time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => format!("invalid-timestamp({})", self.0),
+        }
+    }
+
     /// How long from `self` until `later`; zero when `later` is not after `self`.
     pub fn until(self, later: Timestamp) -> Duration {
         let micros = later.0.saturating_sub(self.0).max(0);

@@ -220,10 +220,11 @@ fn the_started_line_gives_the_attempt_number_the_api_shows() {
             .collect();
         (started.len() == 4).then_some(started)
     });
-    assert_eq!(
-        logged,
-        ["(attempt 1)", "(attempt 2)", "(attempt 3)", "(attempt 4)"]
-    );
+    // The line's fields (appended by the text format) give the same attempt.
+    let expected: Vec<String> = (1..=4)
+        .map(|n| format!("(attempt {n}) job_id={id} queue=default attempt={n}"))
+        .collect();
+    assert_eq!(logged, expected);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 //! The benchmark of mini-lambda-rust (`make bench`, `make bench-quick`): measures a bare
-//! tiny_http server as the ceiling, then the real release binary (submit throughput, end to
-//! end, dispatch latency, memory, a large database; then, if a PostgreSQL answers at
-//! `BENCH_POSTGRES_URL`, submit and end to end on PostgreSQL with one and three nodes), prints
-//! one table against the targets of the performance issue and writes it to
+//! tiny_http server as the ceiling, then the real server binary in an optimised build (submit
+//! throughput, end to end, dispatch latency, memory, a large database; then, if a PostgreSQL
+//! answers at `BENCH_POSTGRES_URL`, submit and end to end on PostgreSQL with one and three
+//! nodes), prints one table against the targets of the performance issue and writes it to
 //! `target/bench/latest.json`.
 //!
 //! This file owns the command line and the order of the phases; each phase is in `phases.rs`.
@@ -53,7 +53,7 @@ usage: loadgen [--full | --quick] [--only PHASE,...] [--server PATH] [--keep]
   --quick         the same phases, smaller (under a minute)
   --only PHASES   run only these of: ceiling, submit, normal, end-to-end, dispatch, scale,
                   scrape, batch, prune, pg-submit, pg-end-to-end, pg-batch
-  --server PATH   the server binary (default: target/release/mini-lambda-rust)
+  --server PATH   the server binary (default: the one beside this loadgen, target/profiling/mini-lambda-rust under make bench)
   --keep          keep the temporary directory (databases, server logs) and print its path
 
   LOADGEN_SERVER_LOG=FILTER sets the servers' RUST_LOG (default mini_lambda_rust=warn)

@@ -16,8 +16,9 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// `server` overrides the binary under test; by default it is the release build beside
-    /// this example (target/release/examples/loadgen → target/release/mini-lambda-rust).
+    /// `server` overrides the binary under test; by default it is the build beside this
+    /// example, of the same profile (`make bench` builds `profiling`:
+    /// target/profiling/examples/loadgen → target/profiling/mini-lambda-rust).
     pub fn discover(server: Option<PathBuf>, keep: bool) -> Result<Paths> {
         let loadgen = std::env::current_exe().context("cannot find the loadgen's own path")?;
         let server = match server {
@@ -30,7 +31,7 @@ impl Paths {
         };
         if !server.is_file() {
             return Err(Error::new(format!(
-                "no server binary at {}; build it first with `cargo build --release --bins` (make bench does)",
+                "no server binary at {}; build it first with `cargo build --profile profiling --features postgres --bins` (make bench does)",
                 server.display()
             )));
         }

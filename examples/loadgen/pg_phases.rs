@@ -58,7 +58,7 @@ pub fn available(bench: &Bench) -> Result<std::result::Result<Postgres, String>>
         Ok(server) => server.stop()?,
         Err(err) if err.to_string().contains(NO_SUPPORT) => {
             return Ok(Err(format!(
-                "{} was built without PostgreSQL support; build it with `cargo build --release --features postgres` (make bench does)",
+                "{} was built without PostgreSQL support; build it with `cargo build --profile profiling --features postgres` (make bench does)",
                 bench.paths.server.display()
             )))
         }

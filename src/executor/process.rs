@@ -268,6 +268,12 @@ fn run_in(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // The trace the job was submitted in, for the function to continue (W3C Trace Context's
+    // name for it in the environment); never one passed through from the server's own.
+    match &job.traceparent {
+        Some(traceparent) => command.env("TRACEPARENT", traceparent),
+        None => command.env_remove("TRACEPARENT"),
+    };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {

@@ -135,11 +135,11 @@ pub fn route(
         Endpoint::Functions => Ok(handlers::functions(state)),
         Endpoint::Submit | Endpoint::SubmitBatch => {
             let submitted = (|| {
-                let key = submit::idempotency_key(request)?;
+                let headers = submit::SubmitHeaders::of(request)?;
                 let body = read_json_bytes(request, body, body_limits(state), body_read)?;
                 match endpoint {
-                    Endpoint::Submit => submit::submit(state, key.as_deref(), &body),
-                    _ => submit::submit_batch(state, key.as_deref(), &body),
+                    Endpoint::Submit => submit::submit(state, headers, &body),
+                    _ => submit::submit_batch(state, headers, &body),
                 }
             })();
             if let Err(err) = &submitted {

@@ -14,6 +14,7 @@ use crate::http::response::{ApiResponse, JSON};
 use crate::idempotency::Idempotency;
 use crate::job::JobStatus;
 use crate::queue::{Answer, Submitted};
+use crate::trace::{self, TraceParent};
 
 use super::handlers::AppState;
 
@@ -39,12 +40,35 @@ struct RecordedId {
     job_id: String,
 }
 
-pub fn submit(state: &AppState, key: Option<&str>, body: &[u8]) -> Result<ApiResponse> {
-    let key = key
-        .map(|key| Idempotency::new(key, "/jobs", body))
+/// The headers a submit reads besides its body.
+pub struct SubmitHeaders {
+    pub idempotency_key: Option<String>,
+    /// Stored with every job of the submit. Not part of the key's fingerprint: a retry of the
+    /// same request may well come from a new span of the same trace.
+    pub traceparent: Option<TraceParent>,
+}
+
+impl SubmitHeaders {
+    /// Reads and checks them; two of either, or an invalid `traceparent`, is refused.
+    pub fn of(request: &tiny_http::Request) -> Result<SubmitHeaders> {
+        Ok(SubmitHeaders {
+            idempotency_key: single_header(request, IDEMPOTENCY_KEY)?,
+            traceparent: single_header(request, trace::HEADER)?
+                // HTTP's optional whitespace around a value is not part of it.
+                .map(|value| TraceParent::parse(value.trim_matches([' ', '\t'])))
+                .transpose()?,
+        })
+    }
+}
+
+pub fn submit(state: &AppState, headers: SubmitHeaders, body: &[u8]) -> Result<ApiResponse> {
+    let key = headers
+        .idempotency_key
+        .map(|key| Idempotency::new(&key, "/jobs", body))
         .transpose()?;
     let body = parse_json(body)?;
-    let submitted = state.queue.submit(body, key.as_ref(), |ids| {
+    let trace = headers.traceparent;
+    let submitted = state.queue.submit(body, key.as_ref(), trace, |ids| {
         let jobs = created(ids);
         let job = jobs
             .first()
@@ -64,12 +88,14 @@ pub fn submit(state: &AppState, key: Option<&str>, body: &[u8]) -> Result<ApiRes
     })
 }
 
-pub fn submit_batch(state: &AppState, key: Option<&str>, body: &[u8]) -> Result<ApiResponse> {
-    let key = key
-        .map(|key| Idempotency::new(key, "/jobs/batch", body))
+pub fn submit_batch(state: &AppState, headers: SubmitHeaders, body: &[u8]) -> Result<ApiResponse> {
+    let key = headers
+        .idempotency_key
+        .map(|key| Idempotency::new(&key, "/jobs/batch", body))
         .transpose()?;
     let body = parse_json(body)?;
-    let submitted = state.queue.submit_batch(body, key.as_ref(), |ids| {
+    let trace = headers.traceparent;
+    let submitted = state.queue.submit_batch(body, key.as_ref(), trace, |ids| {
         answer(&CreatedBatch { jobs: created(ids) })
     })?;
     Ok(respond(submitted))
@@ -99,22 +125,20 @@ fn respond(submitted: Submitted) -> ApiResponse {
     }
 }
 
-/// The `Idempotency-Key` header's value, if the request has one; two are refused.
-pub fn idempotency_key(request: &tiny_http::Request) -> Result<Option<String>> {
+/// The value of header `name`, if the request has one; two are refused.
+fn single_header(request: &tiny_http::Request, name: &str) -> Result<Option<String>> {
     // tiny_http finds the first field of a name; only then are all of them read.
-    if request.headers().get(IDEMPOTENCY_KEY).is_none() {
+    if request.headers().get(name).is_none() {
         return Ok(None);
     }
     let fields = framing::fields_of(request.headers());
     let mut values = fields
         .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(IDEMPOTENCY_KEY))
+        .filter(|(field, _)| field.eq_ignore_ascii_case(name))
         .map(|(_, value)| value.clone());
     let first = values.next();
     if values.next().is_some() {
-        return Err(Error::Validation(format!(
-            "send at most one {IDEMPOTENCY_KEY} header"
-        )));
+        return Err(Error::Validation(format!("send at most one {name} header")));
     }
     Ok(first)
 }

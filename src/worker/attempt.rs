@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, TryRecvError};
-use log::{debug, error, info, warn};
 
 use super::idle::{Waker, DATABASE_RETRY_WAIT};
 use super::jobs::Jobs;
@@ -21,6 +20,7 @@ use super::pool::Drain;
 use crate::error::{Error, Result};
 use crate::executor::{Details, Executor, Outcome};
 use crate::job::{AttemptDetails, AttemptEnd, Job};
+use crate::log_line::job_line;
 use crate::retry::RetryPolicy;
 use crate::running::RunningAttempts;
 use crate::time::Timestamp;
@@ -88,7 +88,13 @@ fn attempt_end(
 /// Runs one attempt under the watchdog, records how it ended and, unless the pool is being
 /// aborted, claims the next due job in the same write.
 pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt {
-    info!("job {} started (attempt {})", job.id, job.attempt_number());
+    job_line!(
+        info,
+        &job,
+        "job {} started (attempt {})",
+        job.id,
+        job.attempt_number()
+    );
     let started = Instant::now();
     let cancel = context.running.start(&job);
     let (outcome, details) = run_caught(context.executor.as_ref(), &job, &context.abort, &cancel);
@@ -107,7 +113,9 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
         let recorded = match context.jobs.finish_attempt(&job, &end, &details, now) {
             // A drain still has time to record it; an abort puts the job back either way.
             Err(err) if !aborting => {
-                error!(
+                job_line!(
+                    error,
+                    &job,
                     "job {}: cannot record its outcome ({err}); trying again",
                     job.id
                 );
@@ -129,7 +137,9 @@ pub(super) fn run_and_record(context: &AttemptContext, job: Job) -> AfterAttempt
                 },
             ),
             Err(err) => {
-                error!(
+                job_line!(
+                    error,
+                    &job,
                     "job {}: cannot record its outcome ({err}); trying again",
                     job.id
                 );
@@ -173,7 +183,7 @@ fn run_caught(
             "the attempt panicked (a bug in the server): {}",
             panic_message(panic.as_ref())
         );
-        error!("job {}: {message}", job.id);
+        job_line!(error, job, "job {}: {message}", job.id);
         (Outcome::Failed(message), Details::default())
     })
 }
@@ -218,11 +228,15 @@ fn record_again(
             .finish_attempt(job, end, details, Timestamp::now());
         tries += 1;
         match &last {
-            Ok(_) => info!(
+            Ok(_) => job_line!(
+                info,
+                job,
                 "job {}: its outcome is recorded after {tries} tries",
                 job.id
             ),
-            Err(err) => debug!(
+            Err(err) => job_line!(
+                debug,
+                job,
                 "job {}: try {tries} to record its outcome failed: {err}",
                 job.id
             ),
@@ -236,21 +250,27 @@ fn log_end(job: &Job, end: &AttemptEnd, recorded: Result<bool>, elapsed: Duratio
     let millis = elapsed.as_millis();
     match recorded {
         Err(err) => {
-            error!("job {id}: cannot record the end of its attempt ({err}); it is recovered at the next start");
+            job_line!(error, job, "job {id}: cannot record the end of its attempt ({err}); it is recovered at the next start");
             return;
         }
         Ok(false) => {
-            debug!("job {id} was deleted while running; its outcome is dropped");
+            job_line!(
+                debug,
+                job,
+                "job {id} was deleted while running; its outcome is dropped"
+            );
             return;
         }
         Ok(true) => {}
     }
     match end {
-        AttemptEnd::Succeeded { .. } => info!("job {id} succeeded in {millis} ms"),
+        AttemptEnd::Succeeded { .. } => job_line!(info, job, "job {id} succeeded in {millis} ms"),
         AttemptEnd::Failed {
             error,
             retry_at: Some(at),
-        } => info!(
+        } => job_line!(
+            info,
+            job,
             "job {id} failed in {millis} ms: {error}; retry {} of {} at {at}",
             job.retry_count + 1,
             job.max_retries
@@ -258,17 +278,31 @@ fn log_end(job: &Job, end: &AttemptEnd, recorded: Result<bool>, elapsed: Duratio
         AttemptEnd::Failed {
             error,
             retry_at: None,
-        } => warn!(
+        } => job_line!(
+            warn,
+            job,
             "job {id} failed in {millis} ms: {error}; no retries left ({} of {} used)",
-            job.retry_count, job.max_retries
+            job.retry_count,
+            job.max_retries
         ),
         AttemptEnd::TimedOut { .. } => {
-            warn!("job {id} timed out after {} s", job.timeout_seconds)
+            job_line!(
+                warn,
+                job,
+                "job {id} timed out after {} s",
+                job.timeout_seconds
+            )
         }
         AttemptEnd::Released { .. } => {
-            info!("job {id} interrupted by shutdown and put back as pending")
+            job_line!(
+                info,
+                job,
+                "job {id} interrupted by shutdown and put back as pending"
+            )
         }
-        AttemptEnd::Cancelled { .. } => info!("job {id} cancelled after {millis} ms"),
+        AttemptEnd::Cancelled { .. } => {
+            job_line!(info, job, "job {id} cancelled after {millis} ms")
+        }
     }
 }
 

@@ -177,7 +177,8 @@ impl Keeper {
             };
             // It may have ended since `registered` was read: then there is nothing to stop.
             if self.running.cancel_if_running(&key.0, key.1) {
-                info!("job {}: stopping attempt {}: {reason}", key.0, key.1);
+                let (job_id, attempt) = (key.0.as_str(), key.1);
+                info!(job_id, attempt; "job {job_id}: stopping attempt {attempt}: {reason}");
             }
             seen.cancelled.insert(key.clone());
         }

@@ -198,6 +198,7 @@ mod tests {
                 run_at: None,
                 function: None,
                 queue: crate::job::DEFAULT_QUEUE.into(),
+                traceparent: None,
             };
             store.insert(id.into(), &job, now).unwrap();
         }

@@ -9,6 +9,7 @@ use log::warn;
 use super::idle::Waker;
 use crate::error::Result;
 use crate::job::{AttemptDetails, AttemptEnd};
+use crate::log_line::job_line;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -52,7 +53,9 @@ pub fn recover_lost(
             AttemptEnd::Failed {
                 retry_at: Some(at), ..
             } => {
-                warn!(
+                job_line!(
+                    warn,
+                    job,
                     "job {} recovered: node {node} stopped while it ran attempt {}; retry {} of {} at {at}",
                     job.id,
                     job.attempt_number(),
@@ -63,12 +66,16 @@ pub fn recover_lost(
                     waker.job_queued(at);
                 }
             }
-            AttemptEnd::Cancelled { .. } => warn!(
+            AttemptEnd::Cancelled { .. } => job_line!(
+                warn,
+                job,
                 "job {} recovered: node {node} stopped while it ran attempt {}; it had been cancelled, marked cancelled",
                 job.id,
                 job.attempt_number()
             ),
-            _ => warn!(
+            _ => job_line!(
+                warn,
+                job,
                 "job {} recovered: node {node} stopped while it ran attempt {}; no retries left, marked failed",
                 job.id,
                 job.attempt_number()
@@ -95,7 +102,7 @@ pub fn recover_orphan(
         Ok(Some(job)) if job.attempt == Some(attempt) => job,
         Ok(_) => return,
         Err(err) => {
-            warn!("cannot read job {job_id} to recover its orphaned attempt: {err}");
+            warn!(job_id, attempt; "cannot read job {job_id} to recover its orphaned attempt: {err}");
             return;
         }
     };
@@ -106,7 +113,11 @@ pub fn recover_orphan(
     match store.finish_attempt(&job, &end, &AttemptDetails::default(), now) {
         Ok(true) => {
             store.metrics().job_recovered();
-            warn!("job {job_id}: attempt {attempt} ran nowhere; recovered as interrupted");
+            job_line!(
+                warn,
+                &job,
+                "job {job_id}: attempt {attempt} ran nowhere; recovered as interrupted"
+            );
             if let AttemptEnd::Failed {
                 retry_at: Some(at), ..
             } = end
@@ -115,6 +126,10 @@ pub fn recover_orphan(
             }
         }
         Ok(false) => {}
-        Err(err) => warn!("cannot recover job {job_id}'s orphaned attempt: {err}"),
+        Err(err) => job_line!(
+            warn,
+            &job,
+            "cannot recover job {job_id}'s orphaned attempt: {err}"
+        ),
     }
 }

@@ -43,7 +43,7 @@ pub fn config_vars() -> impl Iterator<Item = &'static str> {
 }
 
 /// The fields of a job as every endpoint returns it.
-pub const JOB_FIELDS: [&str; 15] = [
+pub const JOB_FIELDS: [&str; 16] = [
     "id",
     "payload",
     "status",
@@ -59,6 +59,7 @@ pub const JOB_FIELDS: [&str; 15] = [
     "run_at",
     "function",
     "queue",
+    "traceparent",
 ];
 
 pub const STATUSES: [&str; 6] = [

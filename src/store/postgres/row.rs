@@ -15,7 +15,7 @@ macro_rules! job_columns {
         "jobs.id, jobs.payload, jobs.status, jobs.created_at, jobs.started_at, \
          jobs.finished_at, jobs.retry_count, jobs.max_retries, jobs.timeout_seconds, \
          jobs.result, jobs.error_message, jobs.priority, jobs.run_at, jobs.function, jobs.seq, \
-         jobs.attempt, jobs.node, jobs.cancel_requested, jobs.queue"
+         jobs.attempt, jobs.node, jobs.cancel_requested, jobs.queue, jobs.traceparent"
     };
 }
 pub(crate) use job_columns;
@@ -73,6 +73,7 @@ pub fn job(row: &Row) -> Result<Job, Failure> {
         node: row.try_get(16)?,
         cancel_requested: row.try_get(17)?,
         queue: row.try_get(18)?,
+        traceparent: row.try_get(19)?,
         id,
     })
 }

@@ -21,8 +21,8 @@ pub const SEQ_OF_ID: &str = "SELECT seq FROM jobs WHERE id = $1";
 
 /// Stores jobs in one statement (one round trip, committed before it is answered unless in a
 /// transaction), if `$condition` holds: all of them or none. The jobs' columns come as arrays
-/// (`$1` to `$8`, one element per job, in request order), `$9` is their `created_at`. With the
-/// idempotency key `$10` (null for none), the key's row, claimed earlier in the transaction,
+/// (`$1` to `$9`, one element per job, in request order), `$10` is their `created_at`. With the
+/// idempotency key `$11` (null for none), the key's row, claimed earlier in the transaction,
 /// gets the first job's `seq`. Returns the number of jobs stored. The condition is a scalar
 /// subquery, so it is evaluated once, not per job: the pending-limit lock is taken once and
 /// every job sees the same count. The other nodes hear of the jobs from the announcer
@@ -33,35 +33,36 @@ macro_rules! insert_jobs_if {
         concat!(
             "WITH added AS (
                 INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
-                                  max_retries, timeout_seconds, function, queue)
-                SELECT job.id, job.payload, 'pending', job.priority, job.run_at, $9::bigint,
-                       job.max_retries, job.timeout_seconds, job.function, job.queue
+                                  max_retries, timeout_seconds, function, queue, traceparent)
+                SELECT job.id, job.payload, 'pending', job.priority, job.run_at, $10::bigint,
+                       job.max_retries, job.timeout_seconds, job.function, job.queue,
+                       job.traceparent
                 FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::integer[],
-                            $6::integer[], $7::text[], $8::text[]) WITH ORDINALITY
+                            $6::integer[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
                      AS job (id, payload, priority, run_at, max_retries, timeout_seconds,
-                             function, queue, position)
+                             function, queue, traceparent, position)
                 WHERE ",
             $condition,
             " ORDER BY job.position
                 RETURNING seq),
              keyed AS (
                 UPDATE idempotency_keys SET job_seq = (SELECT min(seq) FROM added)
-                WHERE key = $10::text)
+                WHERE key = $11::text)
              SELECT count(*) FROM added"
         )
     };
 }
 /// Without a pending limit.
 pub const INSERT_JOBS: &str = insert_jobs_if!("true");
-/// The fast path under a pending limit: the shared lock, and room for the jobs plus `$11`
-/// (the margin) more than the counters say is pending, within the limit `$12`.
+/// The fast path under a pending limit: the shared lock, and room for the jobs plus `$12`
+/// (the margin) more than the counters say is pending, within the limit `$13`.
 pub const INSERT_JOBS_FAR_FROM_LIMIT: &str = insert_jobs_if!(
-    "(SELECT pending_jobs_under_limit_lock(false)) + $11::bigint + cardinality($1::text[])
-        <= $12::bigint"
+    "(SELECT pending_jobs_under_limit_lock(false)) + $12::bigint + cardinality($1::text[])
+        <= $13::bigint"
 );
-/// The exact path: the exclusive lock, and room for the jobs within the limit `$11`.
+/// The exact path: the exclusive lock, and room for the jobs within the limit `$12`.
 pub const INSERT_JOBS_UNDER_LIMIT: &str = insert_jobs_if!(
-    "(SELECT pending_jobs_under_limit_lock(true)) + cardinality($1::text[]) <= $11::bigint"
+    "(SELECT pending_jobs_under_limit_lock(true)) + cardinality($1::text[]) <= $12::bigint"
 );
 /// Claims an idempotency key for this transaction: stores it (`$1` to `$5`, the answer
 /// included), or replaces one stored before `$6` (expired, not yet pruned). Returns a row

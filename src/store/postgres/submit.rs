@@ -38,6 +38,7 @@ struct Columns<'a> {
     timeouts: Vec<i32>,
     functions: Vec<Option<&'a str>>,
     queues: Vec<&'a str>,
+    traceparents: Vec<Option<&'a str>>,
     created_at: i64,
 }
 
@@ -52,6 +53,7 @@ impl<'a> Columns<'a> {
             timeouts: Vec::with_capacity(jobs.len()),
             functions: Vec::with_capacity(jobs.len()),
             queues: Vec::with_capacity(jobs.len()),
+            traceparents: Vec::with_capacity(jobs.len()),
             created_at: now.as_micros(),
         };
         for (id, job) in jobs {
@@ -70,6 +72,7 @@ impl<'a> Columns<'a> {
                 .push(column_int(job.timeout_seconds, "timeout_seconds")?);
             columns.functions.push(job.function.as_deref());
             columns.queues.push(&job.queue);
+            columns.traceparents.push(job.traceparent.as_deref());
         }
         Ok(columns)
     }
@@ -161,7 +164,7 @@ fn insert_jobs<C: GenericClient>(
     limit: u64,
 ) -> Result<(), Failure> {
     let bound = i64::try_from(limit).unwrap_or(i64::MAX);
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let params: [&(dyn ToSql + Sync); 11] = [
         &columns.ids,
         &columns.payloads,
         &columns.priorities,
@@ -170,6 +173,7 @@ fn insert_jobs<C: GenericClient>(
         &columns.timeouts,
         &columns.functions,
         &columns.queues,
+        &columns.traceparents,
         &columns.created_at,
         &key,
     ];

@@ -53,7 +53,7 @@ macro_rules! job_columns {
     () => {
         "id, payload, status, created_at, started_at, finished_at, retry_count, \
          max_retries, timeout_seconds, result, error_message, priority, run_at, function, seq, \
-         attempt, node, cancel_requested, queue"
+         attempt, node, cancel_requested, queue, traceparent"
     };
 }
 

@@ -29,6 +29,7 @@ pub struct RawJob {
     node: Option<String>,
     cancel_requested: bool,
     queue: String,
+    traceparent: Option<String>,
 }
 
 impl RawJob {
@@ -61,6 +62,7 @@ impl RawJob {
             node: row.get(16)?,
             cancel_requested: row.get(17)?,
             queue: row.get(18)?,
+            traceparent: row.get(19)?,
         })
     }
 
@@ -96,6 +98,7 @@ impl RawJob {
             node: self.node,
             cancel_requested: self.cancel_requested,
             queue: self.queue,
+            traceparent: self.traceparent,
             id: self.id,
         })
     }

@@ -16,8 +16,8 @@ use crate::time::Timestamp;
 
 pub(super) const INSERT_JOB: &str = "INSERT INTO jobs
         (id, payload, status, priority, run_at, created_at, max_retries, timeout_seconds, function,
-         queue)
-     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+         queue, traceparent)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 /// The key if it was stored at or after `?2`; an older one counts as absent.
 pub(super) const FRESH_KEY: &str =
     "SELECT request_hash, response_status, response_body FROM idempotency_keys
@@ -37,6 +37,7 @@ struct Row {
     timeout_seconds: u32,
     function: Option<String>,
     queue: String,
+    traceparent: Option<String>,
 }
 
 /// The key's columns but the first job's `seq`, known only once it is inserted.
@@ -71,6 +72,7 @@ impl SqliteStore {
                     timeout_seconds: job.timeout_seconds,
                     function: job.function.clone(),
                     queue: job.queue.clone(),
+                    traceparent: job.traceparent.clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -128,7 +130,8 @@ fn insert_in(
                 row.max_retries,
                 row.timeout_seconds,
                 row.function,
-                row.queue
+                row.queue,
+                row.traceparent
             ])?;
             first_seq.get_or_insert(seq);
         }
