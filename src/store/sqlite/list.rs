@@ -1,15 +1,20 @@
-//! `GET /jobs` on SQLite: one statement per combination of filters, each an index seek that
-//! delivers jobs newest first, so a page costs its size whatever the number of jobs.
+//! `GET /jobs` on SQLite: one statement per combination of filters and index walked, each
+//! an index seek that delivers jobs newest first (no sort), so a page costs the rows it reads.
 //!
 //! - no filter: the rowid (`seq`), backwards;
 //! - `status`: `jobs_by_status (status, seq)`;
-//! - `queue` (and `status`): `jobs_by_queue (queue, status, seq)`;
-//! - `function` (with `status` or `queue` or both): `jobs_by_function (function, status,
-//!   seq)`, the queue checked on the rows it reads.
+//! - `queue`: `jobs_by_queue (queue, seq)`;
+//! - `function` (with `queue` or not): `jobs_by_function (function, seq)`, the queue checked
+//!   on the rows it reads;
+//! - `status` with `queue` (and no function): whichever of `jobs_by_status` and
+//!   `jobs_by_queue` holds fewer jobs by `queue_counts`, the other filter checked on the rows
+//!   it reads. For jobs spread evenly, the rows read for a page are its size times that
+//!   total over the jobs that match, so the smaller total reads fewer: a few failed jobs of
+//!   a big queue are found through the status, a small queue's through the queue;
+//! - `status` with `function`: the function's index, the status checked on its rows.
 //!
-//! Without `status`, a queue's or function's index holds its jobs in status order, so the
-//! statement reads one range per status and merges them (`UNION ALL … ORDER BY seq`): six
-//! ordered seeks, no sort.
+//! The queue's and the function's indexes leave `status` out so that a job's change of
+//! status (two per job) does not move their entries; the price is the filtered walk above.
 
 use std::sync::OnceLock;
 
@@ -21,6 +26,11 @@ use crate::error::Result;
 use crate::job::JobStatus;
 use crate::store::JobFilter;
 
+/// Sums `n` of a queue and of a status, to choose the index walked.
+pub(super) const QUEUE_AND_STATUS_TOTALS: &str =
+    "SELECT (SELECT coalesce(sum(n), 0) FROM queue_counts WHERE queue = ?1),
+            (SELECT coalesce(sum(n), 0) FROM queue_counts WHERE status = ?2)";
+
 /// Which filters a statement has: it binds `status`, `queue` and `function` (those it has,
 /// in that order) as `?1…`, then the `seq` bound and the row limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +38,15 @@ pub(super) struct Shape {
     pub status: bool,
     pub queue: bool,
     pub function: bool,
+}
+
+/// The index a statement walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Walk {
+    Seq,
+    Status,
+    Queue,
+    Function,
 }
 
 impl Shape {
@@ -61,14 +80,42 @@ impl Shape {
         usize::from(self.status) | usize::from(self.queue) << 1 | usize::from(self.function) << 2
     }
 
-    /// The statement for this shape, built once.
-    pub(super) fn sql(self) -> &'static str {
-        static STATEMENTS: OnceLock<Vec<String>> = OnceLock::new();
-        let statements = STATEMENTS.get_or_init(|| Shape::ALL.iter().map(|s| s.build()).collect());
-        &statements[self.index()]
+    /// The indexes this shape may walk, the first when there is no reason to choose.
+    pub(super) fn walks(self) -> &'static [Walk] {
+        match (self.status, self.queue, self.function) {
+            (_, _, true) => &[Walk::Function],
+            (true, true, false) => &[Walk::Queue, Walk::Status],
+            (false, true, false) => &[Walk::Queue],
+            (true, false, false) => &[Walk::Status],
+            (false, false, false) => &[Walk::Seq],
+        }
     }
 
-    fn build(self) -> String {
+    /// The statement for this shape walking `walk` (one of [`walks`](Self::walks)), built once.
+    pub(super) fn sql(self, walk: Walk) -> &'static str {
+        static STATEMENTS: OnceLock<Vec<Vec<(Walk, String)>>> = OnceLock::new();
+        let statements = STATEMENTS.get_or_init(|| {
+            Shape::ALL
+                .iter()
+                .map(|shape| {
+                    shape
+                        .walks()
+                        .iter()
+                        .map(|walk| (*walk, shape.build(*walk)))
+                        .collect()
+                })
+                .collect()
+        });
+        let built = &statements[self.index()];
+        built
+            .iter()
+            .find(|(built_walk, _)| *built_walk == walk)
+            .unwrap_or(&built[0])
+            .1
+            .as_str()
+    }
+
+    fn build(self, walk: Walk) -> String {
         let mut conditions = Vec::new();
         let mut next = 1;
         let mut bind = |column: &str| {
@@ -86,37 +133,36 @@ impl Shape {
         }
         let (before, limit) = (next, next + 1);
         conditions.push(format!("seq < ?{before}"));
-        let index = if self.function {
-            " INDEXED BY jobs_by_function"
-        } else if self.queue {
-            " INDEXED BY jobs_by_queue"
-        } else {
-            ""
+        let index = match walk {
+            Walk::Seq => "",
+            Walk::Status => " INDEXED BY jobs_by_status",
+            Walk::Queue => " INDEXED BY jobs_by_queue",
+            Walk::Function => " INDEXED BY jobs_by_function",
         };
-        let arm = |status: Option<&str>| {
-            let mut conditions = conditions.clone();
-            if let Some(status) = status {
-                conditions.insert(0, format!("status = '{status}'"));
-            }
-            format!(
-                "SELECT {} FROM jobs{index} WHERE {}",
-                job_columns!(),
-                conditions.join(" AND ")
-            )
-        };
-        if self.status || !(self.queue || self.function) {
-            format!("{} ORDER BY seq DESC LIMIT ?{limit}", arm(None))
-        } else {
-            let arms: Vec<String> = JobStatus::ALL
-                .iter()
-                .map(|status| arm(Some(status.as_str())))
-                .collect();
-            format!(
-                "{} ORDER BY seq DESC LIMIT ?{limit}",
-                arms.join(" UNION ALL ")
-            )
-        }
+        format!(
+            "SELECT {} FROM jobs{index} WHERE {} ORDER BY seq DESC LIMIT ?{limit}",
+            job_columns!(),
+            conditions.join(" AND ")
+        )
     }
+}
+
+/// The index to walk for `filter`: for a queue and a status, the one with fewer jobs.
+pub(super) fn walk_for(connection: &Connection, filter: &JobFilter) -> Result<Walk> {
+    let shape = Shape::of(filter);
+    let (Some(queue), Some(status), None) = (&filter.queue, filter.status, &filter.function) else {
+        return Ok(shape.walks()[0]);
+    };
+    let (in_queue, in_status): (i64, i64) = connection
+        .prepare_cached(QUEUE_AND_STATUS_TOTALS)?
+        .query_row(rusqlite::params![queue, status.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    Ok(if in_status < in_queue {
+        Walk::Status
+    } else {
+        Walk::Queue
+    })
 }
 
 /// Up to `fetch` jobs that pass `filter` with a `seq` below `before_seq`, newest first.
@@ -139,8 +185,9 @@ pub(super) fn page(
     }
     values.push(&before_seq);
     values.push(&fetch);
+    let walk = walk_for(connection, filter)?;
     let raws = connection
-        .prepare_cached(Shape::of(filter).sql())?
+        .prepare_cached(Shape::of(filter).sql(walk))?
         .query_map(values.as_slice(), RawJob::from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(raws)
