@@ -2,8 +2,10 @@
 //! commit, in a savepoint: pick the batch's jobs, then act on them by `seq`. Picking walks an
 //! index that leads with what the filter fixes (`jobs_by_status`, `jobs_by_queue`,
 //! `jobs_by_function`, each ending in `seq`) and checks the rest on the rows it reads, or
-//! looks ids up one by one; acting is a rowid seek per job. A queue and a status walk the
-//! index with fewer jobs by the writer's counts (as `GET /jobs` does, see `list`). Sets of
+//! looks ids up one by one; acting is a rowid seek per job. A status that ended without
+//! success (what a retry picks) with a queue or function seeks the partial
+//! `jobs_unsuccessful_by_*` indexes; another status with a queue walks the index with fewer
+//! jobs by the writer's counts (as `GET /jobs` does, see `list`). Sets of
 //! values are bound as one JSON array and read with `json_each`.
 
 use rusqlite::{params, OptionalExtension};
@@ -33,6 +35,23 @@ pub(super) const PICK_BY_QUEUE_AND_FUNCTION: &str = "SELECT seq FROM jobs INDEXE
      ORDER BY seq LIMIT ?4";
 /// Picking by id: the ids `?1` whose status is one of `?2`, of queue `?3` and function `?4`
 /// where given. `+status`: the id index drives the search, never the status index.
+/// For a status that ended without success: the partial indexes, an exact seek (their
+/// condition repeated word for word, `list::UNSUCCESSFUL`).
+pub(super) const PICK_BY_QUEUE_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_queue
+     WHERE queue = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_FUNCTION_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_function
+     WHERE function = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_function
+     WHERE queue = ?5 AND function = ?6 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
 pub(super) const PICK_BY_IDS: &str = "SELECT seq FROM jobs
      WHERE id IN (SELECT value FROM json_each(?1))
        AND +status IN (SELECT value FROM json_each(?2))
@@ -159,11 +178,15 @@ impl Pick {
                     Sql::Integer(*up_to),
                     Sql::Integer(BATCH_SIZE as i64),
                 ];
-                let sql = match (&filter.queue, &filter.function) {
-                    (None, None) => PICK_BY_STATUS,
-                    (Some(_), None) => PICK_BY_QUEUE,
-                    (None, Some(_)) => PICK_BY_FUNCTION,
-                    (Some(_), Some(_)) => PICK_BY_QUEUE_AND_FUNCTION,
+                let unsuccessful = status.is_retryable();
+                let sql = match (&filter.queue, &filter.function, unsuccessful) {
+                    (None, None, _) => PICK_BY_STATUS,
+                    (Some(_), None, false) => PICK_BY_QUEUE,
+                    (None, Some(_), false) => PICK_BY_FUNCTION,
+                    (Some(_), Some(_), false) => PICK_BY_QUEUE_AND_FUNCTION,
+                    (Some(_), None, true) => PICK_BY_QUEUE_UNSUCCESSFUL,
+                    (None, Some(_), true) => PICK_BY_FUNCTION_UNSUCCESSFUL,
+                    (Some(_), Some(_), true) => PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL,
                 };
                 values.extend(
                     [&filter.queue, &filter.function]
@@ -171,8 +194,8 @@ impl Pick {
                         .filter(|value| value.is_some())
                         .map(text),
                 );
-                let queue_and_status = match (&filter.queue, &filter.function) {
-                    (Some(queue), None) => Some((queue.clone(), *status)),
+                let queue_and_status = match (&filter.queue, &filter.function, unsuccessful) {
+                    (Some(queue), None, false) => Some((queue.clone(), *status)),
                     _ => None,
                 };
                 Ok(Pick {
@@ -317,6 +340,18 @@ mod tests {
             (
                 PICK_BY_QUEUE_AND_FUNCTION,
                 "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_UNSUCCESSFUL,
+                "SEARCH jobs USING COVERING INDEX jobs_unsuccessful_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_FUNCTION_UNSUCCESSFUL,
+                "SEARCH jobs USING COVERING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL,
+                "SEARCH jobs USING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq>? AND seq<?)",
             ),
             (
                 PICK_BY_IDS,

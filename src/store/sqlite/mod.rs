@@ -1237,6 +1237,16 @@ mod tests {
                     list::Walk::Function => {
                         "SEARCH jobs USING INDEX jobs_by_function (function=? AND seq<?)"
                     }
+                    list::Walk::QueueUnsuccessful => {
+                        "SEARCH jobs USING INDEX jobs_unsuccessful_by_queue (queue=? AND status=? AND seq<?)"
+                    }
+                    list::Walk::FunctionUnsuccessful => {
+                        "SEARCH jobs USING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq<?)"
+                    }
+                    // The queue's pending jobs, sorted: chosen only when they are few.
+                    list::Walk::QueuePending => {
+                        "SEARCH jobs USING INDEX jobs_pending_by_queue (queue=?)\nUSE TEMP B-TREE FOR ORDER BY"
+                    }
                 };
                 assert_eq!(plan, expected, "{shape:?} {walk:?}: {sql}");
             }
@@ -1244,7 +1254,8 @@ mod tests {
         assert_eq!(
             plan(&store, list::QUEUE_AND_STATUS_TOTALS),
             "SCAN CONSTANT ROW\nSCALAR SUBQUERY 1\nSEARCH queue_counts USING PRIMARY KEY (queue=?)\n\
-             SCALAR SUBQUERY 2\nSCAN queue_counts"
+             SCALAR SUBQUERY 2\nSCAN queue_counts\n\
+             SCALAR SUBQUERY 3\nSEARCH queue_counts USING PRIMARY KEY (queue=? AND status=?)"
         );
     }
 
@@ -1286,8 +1297,11 @@ mod tests {
             page.jobs.into_iter().map(|job| job.id).collect()
         };
         let connection = store.read();
-        let walk = |filter: &JobFilter| list::walk_for(&connection, filter).unwrap();
-        assert_eq!(walk(&filter("big", JobStatus::Failed)), list::Walk::Status);
+        let walk = |filter: &JobFilter| list::walk_for(&connection, filter, 51).unwrap();
+        assert_eq!(
+            walk(&filter("big", JobStatus::Failed)),
+            list::Walk::QueueUnsuccessful
+        );
         assert_eq!(
             walk(&filter("small", JobStatus::Success)),
             list::Walk::Queue

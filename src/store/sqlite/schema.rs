@@ -142,8 +142,10 @@ pub const MIGRATIONS: &[&str] = &[
     // group-commit batch's changes in the batch's transaction (`counts`), no longer by
     // triggers that updated two counter rows in every write of a job; the counts are rebuilt
     // from the jobs. The queue's and the function's list indexes leave `status` out, so a
-    // job's changes of status no longer move their entries; `GET /jobs` checks the status on
-    // the rows it reads (`list`). Same names, new columns.
+    // job's changes of status no longer move their entries (same names, new columns; jobs
+    // without a function are left out). Jobs that ended without success, the ones a filter
+    // by status looks for among a queue's many successes, get partial indexes with the
+    // status, which the usual job never enters. `GET /jobs` picks among them (`list`).
     "DROP TRIGGER jobs_counted_on_insert;
      DROP TRIGGER jobs_counted_on_update;
      DROP TRIGGER jobs_counted_on_delete;
@@ -153,7 +155,11 @@ pub const MIGRATIONS: &[&str] = &[
      DROP INDEX jobs_by_queue;
      DROP INDEX jobs_by_function;
      CREATE INDEX jobs_by_queue ON jobs(queue, seq);
-     CREATE INDEX jobs_by_function ON jobs(function, seq);",
+     CREATE INDEX jobs_by_function ON jobs(function, seq) WHERE function IS NOT NULL;
+     CREATE INDEX jobs_unsuccessful_by_queue ON jobs(queue, status, seq)
+        WHERE status IN ('failed', 'timeout', 'cancelled');
+     CREATE INDEX jobs_unsuccessful_by_function ON jobs(function, status, seq)
+        WHERE status IN ('failed', 'timeout', 'cancelled');",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.
