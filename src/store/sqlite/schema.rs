@@ -267,8 +267,13 @@ mod tests {
         assert_eq!(rows(&connection, COUNTED), expected);
         assert_eq!(rows(&connection, IN_TABLE), expected);
         for (index, columns) in [
-            ("jobs_by_queue", ["queue", "seq"]),
-            ("jobs_by_function", ["function", "seq"]),
+            ("jobs_by_queue", &["queue", "seq"][..]),
+            ("jobs_by_function", &["function", "seq"]),
+            ("jobs_unsuccessful_by_queue", &["queue", "status", "seq"]),
+            (
+                "jobs_unsuccessful_by_function",
+                &["function", "status", "seq"],
+            ),
         ] {
             let found: Vec<String> = connection
                 .prepare(&format!("SELECT name FROM pragma_index_info('{index}')"))
@@ -279,6 +284,19 @@ mod tests {
                 .unwrap();
             assert_eq!(found, columns, "{index}");
         }
+        // The partial index holds the cancelled job (x1: failed, then cancelled), only.
+        let unsuccessful: Vec<String> = connection
+            .prepare(
+                "SELECT id FROM jobs INDEXED BY jobs_unsuccessful_by_queue
+                      WHERE queue = 'b' AND status = 'cancelled'
+                        AND status IN ('failed', 'timeout', 'cancelled')",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(unsuccessful, ["x1"]);
         drop(connection);
         // The jobs' pending count, and a new job counted once (no trigger left to count it).
         assert_eq!(store.writes.pending(), 2);
