@@ -7,7 +7,8 @@
 //!
 //! The backend also keeps the number of pending jobs (for `MAX_PENDING_JOBS`, without a count
 //! per submit) and the jobs per queue and status (`counts`, for `GET /queues` and queue
-//! limits, without a trigger per write), and knows whether writes reach the disk (`write_health`, for `GET /health`).
+//! limits, without a trigger per write), and knows whether writes reach the disk
+//! (`write_health`, for `GET /health`).
 //! One process owns the file: it is locked (`flock`) for as long as the store is open, so a
 //! second server on the same file is refused, and every node but this one has lost its lease.
 
