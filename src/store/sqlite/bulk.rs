@@ -1,8 +1,12 @@
 //! The SQL of bulk actions on SQLite (`store::bulk`): one batch is one write through group
 //! commit, in a savepoint: pick the batch's jobs, then act on them by `seq`. Picking walks an
 //! index that leads with what the filter fixes (`jobs_by_status`, `jobs_by_queue`,
-//! `jobs_by_function`, each ending in `seq`), or looks ids up one by one; acting is a rowid
-//! seek per job. Sets of values are bound as one JSON array and read with `json_each`.
+//! `jobs_by_function`, each ending in `seq`) and checks the rest on the rows it reads, or
+//! looks ids up one by one; acting is a rowid seek per job. A status that ended without
+//! success (what a retry picks) with a queue or function seeks the partial
+//! `jobs_unsuccessful_by_*` indexes; another status with a queue walks the index with fewer
+//! jobs by the writer's counts (as `GET /jobs` does, see `list`). Sets of
+//! values are bound as one JSON array and read with `json_each`.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -19,7 +23,10 @@ use crate::time::Timestamp;
 /// and `?6` the queue and function where the filter has them.
 pub(super) const PICK_BY_STATUS: &str = "SELECT seq FROM jobs
      WHERE status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
-pub(super) const PICK_BY_QUEUE: &str = "SELECT seq FROM jobs
+pub(super) const PICK_BY_QUEUE: &str = "SELECT seq FROM jobs INDEXED BY jobs_by_queue
+     WHERE queue = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
+/// The same, for a status with fewer jobs than the queue.
+pub(super) const PICK_BY_QUEUE_VIA_STATUS: &str = "SELECT seq FROM jobs INDEXED BY jobs_by_status
      WHERE queue = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
 pub(super) const PICK_BY_FUNCTION: &str = "SELECT seq FROM jobs
      WHERE function = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4";
@@ -28,6 +35,23 @@ pub(super) const PICK_BY_QUEUE_AND_FUNCTION: &str = "SELECT seq FROM jobs INDEXE
      ORDER BY seq LIMIT ?4";
 /// Picking by id: the ids `?1` whose status is one of `?2`, of queue `?3` and function `?4`
 /// where given. `+status`: the id index drives the search, never the status index.
+/// For a status that ended without success: the partial indexes, an exact seek (their
+/// condition repeated word for word, `list::UNSUCCESSFUL`).
+pub(super) const PICK_BY_QUEUE_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_queue
+     WHERE queue = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_FUNCTION_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_function
+     WHERE function = ?5 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
+pub(super) const PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL: &str = "SELECT seq FROM jobs
+     INDEXED BY jobs_unsuccessful_by_function
+     WHERE queue = ?5 AND function = ?6 AND status = ?1 AND seq > ?2 AND seq <= ?3
+       AND status IN ('failed', 'timeout', 'cancelled')
+     ORDER BY seq LIMIT ?4";
 pub(super) const PICK_BY_IDS: &str = "SELECT seq FROM jobs
      WHERE id IN (SELECT value FROM json_each(?1))
        AND +status IN (SELECT value FROM json_each(?2))
@@ -35,6 +59,11 @@ pub(super) const PICK_BY_IDS: &str = "SELECT seq FROM jobs
 
 /// The acts, on the jobs whose seqs are the JSON array `?1`; each checks the status again
 /// (`+status`: found by rowid, not through the status index).
+/// What `RETRY` will move, for the counts (an update returns only the new status).
+pub(super) const RETRYABLE: &str = "SELECT queue, status, count(*) FROM jobs
+     WHERE seq IN (SELECT value FROM json_each(?1))
+       AND +status IN ('failed', 'timeout', 'cancelled')
+     GROUP BY queue, status";
 pub(super) const RETRY: &str = "UPDATE jobs SET status = 'pending', retry_count = 0, run_at = ?2,
         started_at = NULL, finished_at = NULL, result = NULL, error_message = NULL
      WHERE seq IN (SELECT value FROM json_each(?1))
@@ -126,6 +155,9 @@ struct Pick {
     /// Range: status, after, up to, limit, then the queue and function if the filter has them.
     /// Ids: ids, statuses (JSON arrays), queue, function.
     values: Vec<rusqlite::types::Value>,
+    /// For a queue's jobs of one status: both, to walk the status's index instead when it
+    /// has fewer jobs.
+    queue_and_status: Option<(String, JobStatus)>,
 }
 
 impl Pick {
@@ -147,11 +179,15 @@ impl Pick {
                     Sql::Integer(*up_to),
                     Sql::Integer(BATCH_SIZE as i64),
                 ];
-                let sql = match (&filter.queue, &filter.function) {
-                    (None, None) => PICK_BY_STATUS,
-                    (Some(_), None) => PICK_BY_QUEUE,
-                    (None, Some(_)) => PICK_BY_FUNCTION,
-                    (Some(_), Some(_)) => PICK_BY_QUEUE_AND_FUNCTION,
+                let unsuccessful = status.is_retryable();
+                let sql = match (&filter.queue, &filter.function, unsuccessful) {
+                    (None, None, _) => PICK_BY_STATUS,
+                    (Some(_), None, false) => PICK_BY_QUEUE,
+                    (None, Some(_), false) => PICK_BY_FUNCTION,
+                    (Some(_), Some(_), false) => PICK_BY_QUEUE_AND_FUNCTION,
+                    (Some(_), None, true) => PICK_BY_QUEUE_UNSUCCESSFUL,
+                    (None, Some(_), true) => PICK_BY_FUNCTION_UNSUCCESSFUL,
+                    (Some(_), Some(_), true) => PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL,
                 };
                 values.extend(
                     [&filter.queue, &filter.function]
@@ -159,7 +195,15 @@ impl Pick {
                         .filter(|value| value.is_some())
                         .map(text),
                 );
-                Ok(Pick { sql, values })
+                let queue_and_status = match (&filter.queue, &filter.function, unsuccessful) {
+                    (Some(queue), None, false) => Some((queue.clone(), *status)),
+                    _ => None,
+                };
+                Ok(Pick {
+                    sql,
+                    values,
+                    queue_and_status,
+                })
             }
             Batch::Ids { ids, statuses } => {
                 let statuses: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
@@ -171,14 +215,21 @@ impl Pick {
                         text(&filter.queue),
                         text(&filter.function),
                     ],
+                    queue_and_status: None,
                 })
             }
         }
     }
 
     fn run(&self, writer: &Writer<'_>) -> Result<Vec<i64>> {
+        let sql = match &self.queue_and_status {
+            Some((queue, status)) if writer.status_total(*status) < writer.queue_total(queue) => {
+                PICK_BY_QUEUE_VIA_STATUS
+            }
+            _ => self.sql,
+        };
         let seqs = writer
-            .prepare_cached(self.sql)?
+            .prepare_cached(sql)?
             .query_map(rusqlite::params_from_iter(&self.values), |row| row.get(0))?
             .collect::<rusqlite::Result<Vec<i64>>>()?;
         Ok(seqs)
@@ -210,16 +261,33 @@ fn act(writer: &mut Writer<'_>, action: BulkAction, seqs: &[i64], now: i64) -> R
     let seqs = json_array(seqs)?;
     match action {
         BulkAction::Retry => {
+            let moving = writer
+                .prepare_cached(RETRYABLE)?
+                .query_map([&seqs], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let changed = writer.prepare_cached(RETRY)?.execute(params![seqs, now])?;
-            writer.pending_changed(changed as i64);
+            for (queue, status, n) in moving {
+                writer.moved_many(&queue, Some(status.parse()?), Some(JobStatus::Pending), n);
+            }
             Ok(Acted::Retried(changed as u64))
         }
         BulkAction::Cancel => {
-            let ended = writer
+            let cancelled = writer
                 .prepare_cached(CANCEL_PENDING)?
-                .query_map(params![seqs, now], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
-            writer.pending_changed(-(ended.len() as i64));
+                .query_map(params![seqs, now], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (_, queue) in &cancelled {
+                writer.moved(queue, Some(JobStatus::Pending), Some(JobStatus::Cancelled));
+            }
+            let ended = cancelled;
             let running = writer
                 .prepare_cached(REQUEST_CANCEL)?
                 .query_map([&seqs], RawJob::from_row)?
@@ -232,8 +300,9 @@ fn act(writer: &mut Writer<'_>, action: BulkAction, seqs: &[i64], now: i64) -> R
                 .prepare_cached(DELETE_JOBS)?
                 .query_map([&seqs], RawJob::from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let pending = gone.iter().filter(|raw| raw.is_pending()).count();
-            writer.pending_changed(-(pending as i64));
+            for raw in &gone {
+                raw.deleted_by(writer);
+            }
             Ok(Acted::Deleted(gone))
         }
     }
@@ -259,25 +328,54 @@ mod tests {
             ),
             (
                 PICK_BY_QUEUE,
-                "SEARCH jobs USING COVERING INDEX jobs_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+                "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_VIA_STATUS,
+                "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq>? AND seq<?)",
             ),
             (
                 PICK_BY_FUNCTION,
-                "SEARCH jobs USING COVERING INDEX jobs_by_function (function=? AND status=? AND seq>? AND seq<?)",
+                "SEARCH jobs USING INDEX jobs_by_function (function=? AND seq>? AND seq<?)",
             ),
             (
                 PICK_BY_QUEUE_AND_FUNCTION,
-                "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+                "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_UNSUCCESSFUL,
+                "SEARCH jobs USING COVERING INDEX jobs_unsuccessful_by_queue (queue=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_FUNCTION_UNSUCCESSFUL,
+                "SEARCH jobs USING COVERING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq>? AND seq<?)",
+            ),
+            (
+                PICK_BY_QUEUE_AND_FUNCTION_UNSUCCESSFUL,
+                "SEARCH jobs USING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq>? AND seq<?)",
             ),
             (
                 PICK_BY_IDS,
                 "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)",
             ),
+            (RETRYABLE, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
             (RETRY, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
-            (CANCEL_PENDING, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
-            (REQUEST_CANCEL, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
-            (DELETE_ATTEMPTS, "SEARCH attempts USING PRIMARY KEY (job_seq=?)"),
-            (DELETE_JOBS, "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            (
+                CANCEL_PENDING,
+                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
+            ),
+            (
+                REQUEST_CANCEL,
+                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
+            ),
+            (
+                DELETE_ATTEMPTS,
+                "SEARCH attempts USING PRIMARY KEY (job_seq=?)",
+            ),
+            (
+                DELETE_JOBS,
+                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
+            ),
         ];
         for (sql, expected) in cases {
             let plan = plan(&store, sql);

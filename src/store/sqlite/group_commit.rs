@@ -18,11 +18,14 @@
 //! the rest of its batch can still commit. A write with one modifying statement has that for
 //! free (SQLite undoes a failed statement); one with several wraps them in [`in_savepoint`].
 //!
-//! Group commit also keeps the number of pending jobs, because only here is it known which
-//! writes commit: each write says by how much it changed the count ([`Writer`]), and the
-//! changes of a batch count only once that batch has committed. A write that fails, or whose
-//! batch fails, changes neither the database nor the count. And it reports to
-//! [`WriteHealth`] each batch that the storage failed and each that committed changes.
+//! Group commit also keeps the number of pending jobs and the counts per queue and status,
+//! because only here is it known which writes commit: each write says which jobs it moved
+//! from one status to another ([`Writer::moved`]), and the changes of a batch count only once
+//! that batch has committed. The batch's changes of the per-queue counts are written to
+//! `queue_counts` in its transaction, just before the commit (`counts`). A write that fails,
+//! or whose batch fails, changes neither the database nor the counts; a write redone in a
+//! later batch counts in the batch that commits it. And it reports to [`WriteHealth`] each
+//! batch that the storage failed and each that committed changes.
 //!
 //! When the storage fails (disk full, I/O error), every caller of the batch gets
 //! `Error::Unavailable` saying so, and the connection is left outside any transaction, ready
@@ -38,9 +41,11 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
+use super::counts::{Change, Tally};
 use super::reply::{reply_slot, Message};
 use super::write_health::WriteHealth;
 use crate::error::{Error, Result, StorageFailure};
+use crate::job::JobStatus;
 use crate::metrics::Histogram;
 
 /// Runs a queued write against the batch's transaction (`None` if there is none to run in) and
@@ -83,6 +88,8 @@ struct WriteSide {
     connection: Connection,
     /// Pending jobs as of the last committed batch.
     pending: u64,
+    /// Jobs per queue and status as of the last committed batch (as in `queue_counts`).
+    counts: Tally,
     /// Writes answered before their batch failed, run first in the next batch.
     redo: Vec<Redo>,
 }
@@ -97,16 +104,46 @@ pub struct GroupCommit {
     commit_seconds: Arc<Histogram>,
 }
 
-/// What one write works with: the batch's open transaction (through `Deref`), and the number
-/// of pending jobs as that transaction sees it.
+/// What one write works with: the batch's open transaction (through `Deref`), and the
+/// counts of jobs as that transaction sees them.
 pub struct Writer<'c> {
     connection: &'c Connection,
     /// Pending jobs when this write began: committed, plus the earlier writes of its batch.
     pending_before: u64,
     /// How much this write has changed the number of pending jobs so far.
     pending_change: i64,
+    /// Per-queue counts as of the last committed batch.
+    committed_counts: &'c Tally,
+    /// What the earlier writes of this batch changed in them.
+    batch_counts: &'c Tally,
+    /// What this write has changed in them so far, in order (a savepoint undoes a suffix).
+    count_changes: Vec<Change>,
     /// The storage failure this write ran into, if any, as the message callers get.
     storage_failure: Option<String>,
+}
+
+impl<'c> Writer<'c> {
+    fn new(
+        connection: &'c Connection,
+        pending_before: u64,
+        committed_counts: &'c Tally,
+        batch_counts: &'c Tally,
+    ) -> Writer<'c> {
+        Writer {
+            connection,
+            pending_before,
+            pending_change: 0,
+            committed_counts,
+            batch_counts,
+            count_changes: Vec::new(),
+            storage_failure: None,
+        }
+    }
+
+    /// The pending count after this write, and its changes of the per-queue counts.
+    fn finish(self) -> (u64, Vec<Change>) {
+        (self.pending_jobs(), self.count_changes)
+    }
 }
 
 impl Deref for Writer<'_> {
@@ -123,24 +160,109 @@ impl Writer<'_> {
             .saturating_add_signed(self.pending_change)
     }
 
-    /// Records that this write made `change` more jobs pending (fewer when negative). Counts
-    /// only if the write succeeds and its batch commits.
-    pub fn pending_changed(&mut self, change: i64) {
-        self.pending_change += change;
+    /// Records that this write moved a job of `queue` out of status `from` (`None`: it
+    /// inserted the job) into `to` (`None`: it deleted the job). Every write that inserts,
+    /// changes the status of or deletes a job says so, once per job: that is what keeps the
+    /// pending count and `queue_counts` exact. Counts only if the write succeeds and its
+    /// batch commits.
+    pub fn moved(&mut self, queue: &str, from: Option<JobStatus>, to: Option<JobStatus>) {
+        self.moved_many(queue, from, to, 1);
+    }
+
+    /// [`moved`](Self::moved) for `n` jobs of one queue at once.
+    pub fn moved_many(
+        &mut self,
+        queue: &str,
+        from: Option<JobStatus>,
+        to: Option<JobStatus>,
+        n: i64,
+    ) {
+        if from == to || n == 0 {
+            return;
+        }
+        for (status, sign) in [(from, -1), (to, 1)] {
+            if let Some(status) = status {
+                if status == JobStatus::Pending {
+                    self.pending_change += sign * n;
+                }
+                self.count_changes
+                    .push((queue.to_string(), status, sign * n));
+            }
+        }
+    }
+
+    /// Jobs of `queue` in `status` as this write sees them, its own changes included.
+    pub fn job_count(&self, queue: &str, status: JobStatus) -> i64 {
+        let own: i64 = self
+            .count_changes
+            .iter()
+            .filter(|(q, s, _)| q == queue && *s == status)
+            .map(|(_, _, n)| n)
+            .sum();
+        self.committed_counts.get(queue, status) + self.batch_counts.get(queue, status) + own
+    }
+
+    /// Jobs of `queue` in any status, as this write sees them.
+    pub fn queue_total(&self, queue: &str) -> i64 {
+        JobStatus::ALL
+            .into_iter()
+            .map(|status| self.job_count(queue, status))
+            .sum()
+    }
+
+    /// Jobs in `status` in any queue, as this write sees them.
+    pub fn status_total(&self, status: JobStatus) -> i64 {
+        let own: i64 = self
+            .count_changes
+            .iter()
+            .filter(|(_, s, _)| *s == status)
+            .map(|(_, _, n)| n)
+            .sum();
+        self.committed_counts.status_total(status) + self.batch_counts.status_total(status) + own
+    }
+
+    /// The queues with pending jobs as this write sees them, by name.
+    pub fn queues_with_pending(&self) -> Vec<String> {
+        let mut names: Vec<&str> = self
+            .committed_counts
+            .queues()
+            .chain(self.batch_counts.queues())
+            .chain(
+                self.count_changes
+                    .iter()
+                    .map(|(queue, _, _)| queue.as_str()),
+            )
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter(|queue| self.job_count(queue, JobStatus::Pending) > 0)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Forgets this write's changes of the counts after the first `kept`.
+    fn undo_changes(&mut self, kept: usize, pending_change: i64) {
+        self.count_changes.truncate(kept);
+        self.pending_change = pending_change;
     }
 }
 
 impl GroupCommit {
-    /// `pending` is the number of pending jobs in the database now.
+    /// `pending` is the number of pending jobs in the database now, `counts` those of
+    /// `queue_counts`; each commit's time goes to `commit_seconds`.
     pub fn new(
         connection: Connection,
         pending: u64,
+        counts: Tally,
         commit_seconds: Arc<Histogram>,
     ) -> GroupCommit {
         GroupCommit {
             side: Mutex::new(WriteSide {
                 connection,
                 pending,
+                counts,
                 redo: Vec::new(),
             }),
             queue: Mutex::new(Queue::default()),
@@ -157,6 +279,12 @@ impl GroupCommit {
     #[cfg(test)]
     pub fn pending(&self) -> u64 {
         lock(&self.side).pending
+    }
+
+    /// Per-queue counts as of the last committed batch.
+    #[cfg(test)]
+    pub fn counts(&self) -> Tally {
+        lock(&self.side).counts.clone()
     }
 
     /// Runs `write` in the next batch and returns its result once that batch is committed.
@@ -212,8 +340,8 @@ impl GroupCommit {
         let work: Work = Box::new(move |writer| {
             let result = match writer {
                 Some(writer) => write(&mut *writer).map_err(|err| {
-                    // A failed write changed nothing, the count included.
-                    writer.pending_change = 0;
+                    // A failed write changed nothing, the counts included.
+                    writer.undo_changes(0, 0);
                     match storage_failure(&err) {
                         Some(message) => {
                             writer.storage_failure = Some(message.clone());
@@ -316,16 +444,13 @@ fn run_batch(
     };
     let changes_before = connection.total_changes();
     let mut pending = side.pending;
+    let committed_counts = &side.counts;
+    // What this batch's writes changed in the per-queue counts.
+    let mut batch_counts = Tally::default();
     let mut write_failure = None;
     // Some errors (disk full, I/O) make SQLite roll the whole transaction back by itself. The
     // writes after that must not run outside it, in autocommit.
     let mut rolled_back = false;
-    let new_writer = |pending| Writer {
-        connection,
-        pending_before: pending,
-        pending_change: 0,
-        storage_failure: None,
-    };
     // Redos to keep if this batch fails, and redos to keep in any case.
     let (mut redo_if_failed, mut redo_again) = (Vec::new(), Vec::new());
     let redos = mem::take(&mut side.redo);
@@ -335,10 +460,13 @@ fn run_batch(
             redo_again.push(redo);
             continue;
         }
-        let mut writer = new_writer(pending);
-        match redo(&mut writer) {
+        let mut writer = Writer::new(connection, pending, committed_counts, &batch_counts);
+        let redone = redo(&mut writer);
+        let (pending_after, changes) = writer.finish();
+        match redone {
             Ok(()) => {
-                pending = writer.pending_jobs();
+                pending = pending_after;
+                batch_counts.add_changes(&changes);
                 redo_if_failed.push(redo);
             }
             Err(err) => match storage_failure(&err) {
@@ -357,15 +485,33 @@ fn run_batch(
             if rolled_back {
                 return (waiting.work)(None).deliver;
             }
-            let mut writer = new_writer(pending);
+            let mut writer = Writer::new(connection, pending, committed_counts, &batch_counts);
             let ran = (waiting.work)(Some(&mut writer));
-            pending = writer.pending_jobs();
-            write_failure = write_failure.take().or(writer.storage_failure);
+            write_failure = write_failure.take().or(writer.storage_failure.take());
+            // A failed write has already undone its changes of the counts.
+            let (pending_after, changes) = writer.finish();
+            pending = pending_after;
+            batch_counts.add_changes(&changes);
             rolled_back = connection.is_autocommit();
             redo_if_failed.extend(ran.redo);
             ran.deliver
         })
         .collect();
+    // The batch's changes of the counts join its transaction, as its last statements.
+    if !rolled_back && !batch_counts.is_empty() {
+        if let Err(err) = batch_counts.add_to_table(connection) {
+            log::error!("cannot add a batch's changes to queue_counts: {err}");
+            let message = format!(
+                "the database could not count this batch's jobs: {}",
+                describe(&err.into())
+            );
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            write_failure = write_failure.or(Some(message));
+            rolled_back = true;
+        }
+    }
     let started = Instant::now();
     let failure = if rolled_back {
         transaction.abandon();
@@ -411,6 +557,7 @@ fn run_batch(
     } else {
         // A write that failed alone still leaves the others committed, with their count changes.
         side.pending = pending;
+        side.counts.merge(&batch_counts);
         let redone = redo_count - redo_again.len();
         if redone > 0 {
             log::info!("{redone} write(s) answered before a failed commit are now committed");
@@ -515,10 +662,10 @@ pub fn in_savepoint<T>(
     write: impl FnOnce(&mut Writer<'_>) -> Result<T>,
 ) -> Result<T> {
     writer.prepare_cached("SAVEPOINT write")?.execute([])?;
-    let change_before = writer.pending_change;
+    let (changes_before, pending_before) = (writer.count_changes.len(), writer.pending_change);
     let result = write(writer);
     if result.is_err() {
-        writer.pending_change = change_before;
+        writer.undo_changes(changes_before, pending_before);
         // SQLite may have ended the transaction already (disk full, I/O): nothing to undo.
         if !writer.is_autocommit() {
             let undone = writer
@@ -589,11 +736,18 @@ mod tests {
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-                 CREATE TABLE t (n INTEGER PRIMARY KEY)",
+                 CREATE TABLE t (n INTEGER PRIMARY KEY);
+                 CREATE TABLE queue_counts (queue TEXT NOT NULL, status TEXT NOT NULL,
+                    n INTEGER NOT NULL, PRIMARY KEY (queue, status)) WITHOUT ROWID",
             )
             .unwrap();
         Table {
-            commit: GroupCommit::new(connection, 0, Arc::new(Histogram::new(&[1.0]))),
+            commit: GroupCommit::new(
+                connection,
+                0,
+                Tally::default(),
+                Arc::new(Histogram::new(&[1.0])),
+            ),
             _dir: dir,
         }
     }
@@ -657,25 +811,102 @@ mod tests {
         let commit = table();
         let seen = commit
             .write(|w| {
-                w.pending_changed(2);
+                w.moved_many("q", None, Some(JobStatus::Pending), 2);
                 Ok(w.pending_jobs())
             })
             .unwrap();
         assert_eq!((seen, commit.pending()), (2, 2));
         let failed = commit.write(|w| {
-            w.pending_changed(5);
+            w.moved_many("q", None, Some(JobStatus::Pending), 5);
             Err::<(), _>(Error::Internal("refused".into()))
         });
         assert!(failed.is_err());
         let undone = commit.write(|w| {
             in_savepoint(w, |w| {
-                w.pending_changed(-1);
+                w.moved("q", Some(JobStatus::Pending), None);
                 w.execute("INSERT INTO t (n) VALUES (1)", [])?;
                 Ok(w.execute("INSERT INTO t (n) VALUES (1)", [])?)
             })
         });
         assert!(undone.is_err());
         assert_eq!(commit.pending(), 2);
+        assert_eq!(commit.counts().get("q", JobStatus::Pending), 2);
+        assert_eq!(table_count(&commit, "q", "pending"), 2);
+    }
+
+    /// A count in `queue_counts`, read by a write (so as committed by the batches before).
+    fn table_count(commit: &GroupCommit, queue: &'static str, status: &'static str) -> i64 {
+        commit
+            .write(move |c| {
+                Ok(c.query_row(
+                    "SELECT coalesce(sum(n), 0) FROM queue_counts WHERE queue = ?1 AND status = ?2",
+                    [queue, status],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_redone_write_counts_once_in_the_batch_that_commits_it() {
+        let commit = table();
+        // Answered, then its batch fails: its count changes must not stay.
+        let answered = commit.write_unsynced_redone(
+            |w| {
+                w.execute("INSERT INTO t (n) VALUES (7)", [])?;
+                w.moved("q", Some(JobStatus::Running), Some(JobStatus::Success));
+                Ok(w.execute_batch("ROLLBACK")?)
+            },
+            |w| {
+                // Like a finish's redo: acts (and counts) only if the row is not there yet.
+                if w.execute("INSERT OR IGNORE INTO t (n) VALUES (7)", [])? > 0 {
+                    w.moved("q", Some(JobStatus::Running), Some(JobStatus::Success));
+                }
+                Ok(())
+            },
+        );
+        assert!(answered.is_ok());
+        assert_eq!(commit.counts(), Tally::default());
+        // The next batch redoes it, and counts it, once.
+        assert_eq!(table_count(&commit, "q", "success"), 0);
+        assert_eq!(table_count(&commit, "q", "success"), 1);
+        assert_eq!(table_count(&commit, "q", "running"), -1);
+        assert_eq!(commit.counts().get("q", JobStatus::Success), 1);
+        assert_eq!(count(&commit), 1);
+        assert_eq!(table_count(&commit, "q", "success"), 1);
+    }
+
+    #[test]
+    fn a_write_sees_the_counts_of_the_earlier_writes_of_its_batch_and_its_own() {
+        let commit = Arc::new(table());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let commit = Arc::clone(&commit);
+                thread::spawn(move || {
+                    // Start a job only while fewer than 5 run, like a queue's concurrency.
+                    commit.write(|w| {
+                        w.moved("capped", None, Some(JobStatus::Pending));
+                        if w.job_count("capped", JobStatus::Running) >= 5 {
+                            return Ok(false);
+                        }
+                        w.moved("capped", Some(JobStatus::Pending), Some(JobStatus::Running));
+                        Ok(true)
+                    })
+                })
+            })
+            .collect();
+        let started = threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap().unwrap())
+            .filter(|started| *started)
+            .count();
+        let counts = commit.counts();
+        assert_eq!(started, 5);
+        assert_eq!(counts.get("capped", JobStatus::Running), 5);
+        assert_eq!(counts.get("capped", JobStatus::Pending), 11);
+        assert_eq!(commit.pending(), 11);
+        assert_eq!(table_count(&commit, "capped", "pending"), 11);
+        assert_eq!(table_count(&commit, "capped", "running"), 5);
     }
 
     #[test]
@@ -712,7 +943,7 @@ mod tests {
                         if w.pending_jobs() >= 10 {
                             return Ok(false);
                         }
-                        w.pending_changed(1);
+                        w.moved("q", None, Some(JobStatus::Pending));
                         Ok(true)
                     })
                 })

@@ -6,10 +6,13 @@
 //! mutex-guarded connection, so a `GET` never waits for a disk sync.
 //!
 //! The backend also keeps the number of pending jobs (for `MAX_PENDING_JOBS`, without a count
-//! per submit) and knows whether writes reach the disk (`write_health`, for `GET /health`).
+//! per submit) and the jobs per queue and status (`counts`, for `GET /queues` and queue
+//! limits, without a trigger per write), and knows whether writes reach the disk
+//! (`write_health`, for `GET /health`).
 //! One process owns the file: it is locked (`flock`) for as long as the store is open, so a
 //! second server on the same file is refused, and every node but this one has lost its lease.
 
+mod counts;
 mod error;
 mod group_commit;
 mod observe;
@@ -186,9 +189,10 @@ impl SqliteStore {
         configure(&reader, options.sync)?;
         reader.pragma_update(None, "query_only", true)?;
         let pending: u64 = writer.query_row(COUNT_PENDING, [], |row| row.get(0))?;
+        let counts = counts::Tally::load(&writer)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            writes: GroupCommit::new(writer, pending, options.metrics.db_commit_seconds()),
+            writes: GroupCommit::new(writer, pending, counts, options.metrics.db_commit_seconds()),
             reader: Mutex::new(reader),
             max_pending_jobs: options.max_pending_jobs,
             node: options.node.clone(),
@@ -324,7 +328,8 @@ impl Backend for SqliteStore {
     }
 
     fn next_due_at(&self) -> Result<Option<Timestamp>> {
-        next_due_in(&self.read())
+        let connection = self.read();
+        next_due_in(&connection, &*connection)
     }
 
     fn finish_attempt(
@@ -367,7 +372,7 @@ impl Backend for SqliteStore {
                 let claimed = claim_in(writer, &node, now)?;
                 let next_due = match claimed {
                     Some(_) => None,
-                    None => next_due_in(writer)?,
+                    None => next_due_in(writer, &*writer)?,
                 };
                 Ok((recorded, claimed, next_due))
             })
@@ -410,7 +415,7 @@ impl Backend for SqliteStore {
             let raw = writer
                 .prepare_cached(RESTART_JOB)?
                 .query_row(params![id, now.as_micros()], RawJob::from_row)?;
-            writer.pending_changed(1);
+            writer.moved(raw.queue(), Some(status), Some(JobStatus::Pending));
             Ok(raw)
         })?;
         raw.into_job()
@@ -432,7 +437,11 @@ impl Backend for SqliteStore {
                     writer.prepare_cached(REQUEST_CANCEL)?.execute([&id])?;
                     return Ok((false, raw));
                 }
-                writer.pending_changed(-1);
+                writer.moved(
+                    raw.queue(),
+                    Some(JobStatus::Pending),
+                    Some(JobStatus::Cancelled),
+                );
                 let raw = writer
                     .prepare_cached(SELECT_BY_ID)?
                     .query_row([&id], RawJob::from_row)?;
@@ -460,8 +469,8 @@ impl Backend for SqliteStore {
                     .optional()?;
                 writer.prepare_cached(DELETE_ATTEMPTS)?.execute([&id])?;
                 writer.prepare_cached(DELETE_JOB)?.execute([&id])?;
-                if raw.as_ref().is_some_and(RawJob::is_pending) {
-                    writer.pending_changed(-1);
+                if let Some(raw) = &raw {
+                    raw.deleted_by(writer);
                 }
                 Ok(raw)
             })
@@ -653,7 +662,9 @@ fn claim_in(writer: &mut Writer<'_>, node: &str, now: Timestamp) -> Result<Optio
     let due = if restrictions.is_empty() {
         due_anywhere(writer, now)?
     } else {
-        queues::due_within_limits(writer, &restrictions, now, || due_anywhere(writer, now))?
+        queues::due_within_limits(writer, &*writer, &restrictions, now, || {
+            due_anywhere(writer, now)
+        })?
     };
     let Some(seq) = due else {
         return Ok(None);
@@ -665,7 +676,11 @@ fn claim_in(writer: &mut Writer<'_>, node: &str, now: Timestamp) -> Result<Optio
         .prepare_cached(START_ATTEMPT)?
         .query_row(params![seq, now, attempt, node], RawJob::from_row)?;
     queues::started(writer, &restrictions, raw.queue(), now)?;
-    writer.pending_changed(-1);
+    writer.moved(
+        raw.queue(),
+        Some(JobStatus::Pending),
+        Some(JobStatus::Running),
+    );
     Ok(Some(raw))
 }
 
@@ -683,10 +698,11 @@ fn due_anywhere(connection: &Connection, now: i64) -> Result<Option<i64>> {
     Ok(None)
 }
 
-fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
+/// When the next job is due; `counts` are the queue counts as the caller sees them.
+fn next_due_in(connection: &Connection, counts: &dyn queues::Counts) -> Result<Option<Timestamp>> {
     let restrictions = queues::restrictions(connection)?;
     if !restrictions.is_empty() {
-        return queues::next_due_within_limits(connection, &restrictions);
+        return queues::next_due_within_limits(connection, counts, &restrictions);
     }
     let micros: Option<i64> = connection
         .prepare_cached(NEXT_DUE_AT)?
@@ -699,6 +715,8 @@ fn next_due_in(connection: &Connection) -> Result<Option<Timestamp>> {
 struct Finish {
     /// The job's row: outcomes address it by `seq`, a rowid seek, not by `id`.
     seq: i64,
+    /// For the counts: the job leaves `running` of this queue.
+    queue: String,
     attempt: Option<u32>,
     started_at: Option<i64>,
     details: AttemptDetails,
@@ -721,6 +739,7 @@ impl Finish {
         let result = transition.result_text()?;
         Ok(Finish {
             seq: job.seq,
+            queue: job.queue.clone(),
             attempt: job.attempt,
             started_at: job.started_at.map(Timestamp::as_micros),
             details: details.clone(),
@@ -766,9 +785,9 @@ impl Finish {
             self.attempt,
             self.started_at
         ])?;
-        // A retry or a release puts the job back in the queue.
-        if changed > 0 && self.job_status == JobStatus::Pending {
-            writer.pending_changed(1);
+        // A retry or a release puts the job back in the queue (pending).
+        if changed > 0 {
+            writer.moved(&self.queue, Some(JobStatus::Running), Some(self.job_status));
         }
         Ok(changed > 0)
     }
@@ -860,7 +879,7 @@ mod tests {
     use crate::store::test_dir;
 
     pub(crate) struct TempStore {
-        store: SqliteStore,
+        pub(crate) store: SqliteStore,
         pub(crate) dir: test_dir::TestDir,
     }
 
@@ -1228,33 +1247,102 @@ mod tests {
     fn every_combination_of_list_filters_is_an_ordered_index_seek() {
         let store = temp_store();
         for shape in list::Shape::ALL {
-            let sql = shape.sql();
-            let plan = plan(&store, sql);
-            let expected = match (shape.status, shape.queue, shape.function) {
-                (false, false, false) => "SEARCH jobs USING INTEGER PRIMARY KEY (rowid<?)",
-                (true, false, false) => {
-                    "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq<?)"
-                }
-                (_, true, false) => {
-                    "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND status=? AND seq<?)"
-                }
-                (_, _, true) => {
-                    "SEARCH jobs USING INDEX jobs_by_function (function=? AND status=? AND seq<?)"
-                }
-            };
-            let seeks = plan.lines().filter(|line| *line == expected).count();
-            // Without a status, one seek per status, merged.
-            let arms = if shape.status || !(shape.queue || shape.function) {
-                1
-            } else {
-                JobStatus::ALL.len()
-            };
-            assert_eq!(seeks, arms, "{shape:?}: {sql}\n{plan}");
-            assert!(
-                !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
-                "{shape:?}: {sql}\n{plan}"
-            );
+            for walk in shape.walks() {
+                let sql = shape.sql(*walk);
+                let plan = plan(&store, sql);
+                let expected = match walk {
+                    list::Walk::Seq => "SEARCH jobs USING INTEGER PRIMARY KEY (rowid<?)",
+                    list::Walk::Status => {
+                        "SEARCH jobs USING INDEX jobs_by_status (status=? AND seq<?)"
+                    }
+                    list::Walk::Queue => {
+                        "SEARCH jobs USING INDEX jobs_by_queue (queue=? AND seq<?)"
+                    }
+                    list::Walk::Function => {
+                        "SEARCH jobs USING INDEX jobs_by_function (function=? AND seq<?)"
+                    }
+                    list::Walk::QueueUnsuccessful => {
+                        "SEARCH jobs USING INDEX jobs_unsuccessful_by_queue (queue=? AND status=? AND seq<?)"
+                    }
+                    list::Walk::FunctionUnsuccessful => {
+                        "SEARCH jobs USING INDEX jobs_unsuccessful_by_function (function=? AND status=? AND seq<?)"
+                    }
+                    // The queue's pending jobs, sorted: chosen only when they are few.
+                    list::Walk::QueuePending => {
+                        "SEARCH jobs USING INDEX jobs_pending_by_queue (queue=?)\nUSE TEMP B-TREE FOR ORDER BY"
+                    }
+                };
+                assert_eq!(plan, expected, "{shape:?} {walk:?}: {sql}");
+            }
         }
+        assert_eq!(
+            plan(&store, list::QUEUE_AND_STATUS_TOTALS),
+            "SCAN CONSTANT ROW\nSCALAR SUBQUERY 1\nSEARCH queue_counts USING PRIMARY KEY (queue=?)\n\
+             SCALAR SUBQUERY 2\nSCAN queue_counts\n\
+             SCALAR SUBQUERY 3\nSEARCH queue_counts USING PRIMARY KEY (queue=? AND status=?)"
+        );
+    }
+
+    /// `n` jobs of `queue` in `status`, straight into the table (and its counts), fast.
+    fn insert_many(store: &SqliteStore, queue: &'static str, status: &'static str, n: i64) {
+        store
+            .writes
+            .write(move |w| {
+                w.execute(
+                    "WITH RECURSIVE k (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?3)
+                     INSERT INTO jobs (id, payload, status, priority, run_at, created_at,
+                                       max_retries, timeout_seconds, queue)
+                     SELECT ?1 || '-' || ?2 || '-' || i, '{}', ?2, 0, 0, 0, 0, 5, ?1 FROM k",
+                    params![queue, status, n],
+                )?;
+                w.moved_many(queue, None, Some(status.parse()?), n);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_queue_and_status_page_walks_the_smaller_of_the_two() {
+        let store = temp_store();
+        // A big queue with few failed jobs, and a small one.
+        insert_many(&store, "big", "success", 20_000);
+        insert_many(&store, "big", "failed", 3);
+        insert_many(&store, "small", "success", 2);
+        insert_many(&store, "small", "failed", 1);
+        let filter = |queue: &str, status| JobFilter {
+            queue: Some(queue.into()),
+            status: Some(status),
+            ..JobFilter::default()
+        };
+        let reads = |filter: &JobFilter| -> Vec<String> {
+            let started = Instant::now();
+            let page = store.list(filter, None, 50).unwrap();
+            assert!(started.elapsed() < Duration::from_secs(1), "{filter:?}");
+            page.jobs.into_iter().map(|job| job.id).collect()
+        };
+        let connection = store.read();
+        let walk = |filter: &JobFilter| list::walk_for(&connection, filter, 51).unwrap();
+        assert_eq!(
+            walk(&filter("big", JobStatus::Failed)),
+            list::Walk::QueueUnsuccessful
+        );
+        assert_eq!(
+            walk(&filter("small", JobStatus::Success)),
+            list::Walk::Queue
+        );
+        drop(connection);
+        assert_eq!(
+            reads(&filter("big", JobStatus::Failed)),
+            ["big-failed-3", "big-failed-2", "big-failed-1"]
+        );
+        assert_eq!(
+            reads(&filter("small", JobStatus::Success)),
+            ["small-success-2", "small-success-1"]
+        );
+        assert_eq!(
+            reads(&filter("small", JobStatus::Failed)),
+            ["small-failed-1"]
+        );
     }
 
     #[test]
@@ -1517,6 +1605,11 @@ mod tests {
         store
             .writes
             .write(|w| {
+                w.moved(
+                    "default",
+                    Some(JobStatus::Pending),
+                    Some(JobStatus::Running),
+                );
                 Ok(w.execute(
                     "UPDATE jobs SET status = 'running', node = 'gone', attempt = 1 WHERE id = 'theirs'",
                     [],

@@ -9,11 +9,16 @@
 //! `jobs_pending_by_queue`, so a blocked queue's jobs, however many, are never walked. One
 //! process owns the file and every claim goes through the one writer, so the checks and the
 //! claim cannot race.
+//!
+//! The counts these checks read come from [`Counts`]: inside a write, the writer's own
+//! (which include the earlier writes of its batch, not yet in `queue_counts`); on the read
+//! connection, the table.
 
 use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::group_commit::Writer;
 use crate::error::{Error, Result};
 use crate::job::{JobStatus, MAX_PRIORITY};
 use crate::queue_settings::{burst, Bucket, QueueSummary, SettingsChange};
@@ -60,6 +65,61 @@ const SET_LIMITS: &str = "INSERT INTO queues
         tokens = CASE WHEN ?5 THEN excluded.tokens ELSE tokens END,
         refilled_at = CASE WHEN ?5 THEN excluded.refilled_at ELSE refilled_at END";
 
+/// The jobs per queue and status, as the caller sees them.
+pub(super) trait Counts {
+    fn running_in(&self, queue: &str) -> Result<i64>;
+    /// The queues with pending jobs, by name.
+    fn pending_queues(&self) -> Result<Vec<String>>;
+    /// A queue's non-zero counts.
+    fn counts_of(&self, queue: &str) -> Result<Vec<(JobStatus, i64)>>;
+}
+
+/// The committed counts, from the table.
+impl Counts for Connection {
+    fn running_in(&self, queue: &str) -> Result<i64> {
+        Ok(self
+            .prepare_cached(RUNNING_IN_QUEUE)?
+            .query_row([queue], |row| row.get(0))?)
+    }
+
+    fn pending_queues(&self) -> Result<Vec<String>> {
+        let names = self
+            .prepare_cached(PENDING_QUEUES)?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
+    }
+
+    fn counts_of(&self, queue: &str) -> Result<Vec<(JobStatus, i64)>> {
+        let rows = self
+            .prepare_cached(COUNTS_OF_QUEUE)?
+            .query_map([queue], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(status, n)| Ok((status_of(&status)?, n)))
+            .collect()
+    }
+}
+
+/// The counts as a write sees them: its batch's earlier writes and its own included.
+impl Counts for Writer<'_> {
+    fn running_in(&self, queue: &str) -> Result<i64> {
+        Ok(self.job_count(queue, JobStatus::Running))
+    }
+
+    fn pending_queues(&self) -> Result<Vec<String>> {
+        Ok(self.queues_with_pending())
+    }
+
+    fn counts_of(&self, queue: &str) -> Result<Vec<(JobStatus, i64)>> {
+        Ok(JobStatus::ALL
+            .into_iter()
+            .map(|status| (status, self.job_count(queue, status)))
+            .filter(|(_, n)| *n != 0)
+            .collect())
+    }
+}
+
 /// A queue's settings row that restricts it.
 pub(super) struct Restriction {
     name: String,
@@ -70,21 +130,18 @@ pub(super) struct Restriction {
 
 impl Restriction {
     /// Whether running `concurrency` jobs already (by the counters).
-    fn is_full(&self, connection: &Connection) -> Result<bool> {
+    fn is_full(&self, counts: &dyn Counts) -> Result<bool> {
         let Some(limit) = self.concurrency else {
             return Ok(false);
         };
-        let running: i64 = connection
-            .prepare_cached(RUNNING_IN_QUEUE)?
-            .query_row([&self.name], |row| row.get(0))?;
-        Ok(running >= i64::from(limit))
+        Ok(counts.running_in(&self.name)? >= i64::from(limit))
     }
 
     /// Whether no job of this queue may start at `now`.
-    fn blocks(&self, connection: &Connection, now: i64) -> Result<bool> {
+    fn blocks(&self, counts: &dyn Counts, now: i64) -> Result<bool> {
         Ok(self.paused
             || self.bucket.is_some_and(|bucket| !bucket.has_token(now))
-            || self.is_full(connection)?)
+            || self.is_full(counts)?)
     }
 }
 
@@ -112,33 +169,27 @@ pub(super) fn restrictions(connection: &Connection) -> Result<Vec<Restriction>> 
     Ok(rows)
 }
 
-fn pending_queues(connection: &Connection) -> Result<Vec<String>> {
-    let names = connection
-        .prepare_cached(PENDING_QUEUES)?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(names)
-}
-
 /// The job to claim when some queue restricts: the highest priority, then oldest due job of
 /// a queue that may start one now. `anywhere` is the global search, used while no queue is
 /// blocked.
 pub(super) fn due_within_limits(
     connection: &Connection,
+    counts: &dyn Counts,
     restrictions: &[Restriction],
     now: i64,
     anywhere: impl FnOnce() -> Result<Option<i64>>,
 ) -> Result<Option<i64>> {
     let mut blocked = HashSet::new();
     for restriction in restrictions {
-        if restriction.blocks(connection, now)? {
+        if restriction.blocks(counts, now)? {
             blocked.insert(restriction.name.as_str());
         }
     }
     if blocked.is_empty() {
         return anywhere();
     }
-    let open: Vec<String> = pending_queues(connection)?
+    let open: Vec<String> = counts
+        .pending_queues()?
         .into_iter()
         .filter(|queue| !blocked.contains(queue.as_str()))
         .collect();
@@ -187,14 +238,15 @@ pub(super) fn started(
 /// next token.
 pub(super) fn next_due_within_limits(
     connection: &Connection,
+    counts: &dyn Counts,
     restrictions: &[Restriction],
 ) -> Result<Option<Timestamp>> {
     let mut earliest: Option<i64> = None;
     let mut statement = connection.prepare_cached(EARLIEST_IN_QUEUE)?;
-    for queue in pending_queues(connection)? {
+    for queue in counts.pending_queues()? {
         let restriction = restrictions.iter().find(|r| r.name == queue);
         let token_at = match restriction {
-            Some(restriction) if restriction.paused || restriction.is_full(connection)? => continue,
+            Some(restriction) if restriction.paused || restriction.is_full(counts)? => continue,
             Some(restriction) => restriction.bucket.map(|bucket| bucket.next_token_at()),
             None => None,
         };
@@ -269,8 +321,9 @@ pub(super) fn all(connection: &Connection) -> Result<Vec<QueueSummary>> {
         .collect())
 }
 
-/// One queue as it is now (the defaults if it has neither jobs nor settings).
-pub(super) fn one(connection: &Connection, name: &str) -> Result<QueueSummary> {
+/// One queue as the writer sees it now (the defaults if it has neither jobs nor settings).
+fn one(writer: &Writer<'_>, name: &str) -> Result<QueueSummary> {
+    let connection: &Connection = writer;
     let mut queue = QueueSummary::empty(name);
     let settings: Option<(bool, Option<u32>, Option<f64>)> = connection
         .prepare_cached(SETTINGS_OF_QUEUE)?
@@ -281,39 +334,35 @@ pub(super) fn one(connection: &Connection, name: &str) -> Result<QueueSummary> {
         queue.concurrency = concurrency;
         queue.rate_per_second = rate_per_second;
     }
-    let counts = connection
-        .prepare_cached(COUNTS_OF_QUEUE)?
-        .query_map([name], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (status, n) in counts {
-        queue.counts.add(status_of(&status)?, n);
+    for (status, n) in writer.counts_of(name)? {
+        queue.counts.add(status, n);
     }
     Ok(queue)
 }
 
 pub(super) fn set_paused(
-    connection: &Connection,
+    writer: &Writer<'_>,
     name: &str,
     paused: bool,
     now: Timestamp,
 ) -> Result<QueueSummary> {
-    connection
+    writer
         .prepare_cached(SET_PAUSED)?
         .execute(params![name, paused, now.as_micros()])?;
-    one(connection, name)
+    one(writer, name)
 }
 
 pub(super) fn configure(
-    connection: &Connection,
+    writer: &Writer<'_>,
     name: &str,
     change: &SettingsChange,
     now: Timestamp,
 ) -> Result<QueueSummary> {
-    let current = one(connection, name)?;
+    let current = one(writer, name)?;
     let concurrency = change.concurrency.unwrap_or(current.concurrency);
     let rate = change.rate_per_second.unwrap_or(current.rate_per_second);
     let new_rate = change.rate_per_second.is_some() && rate != current.rate_per_second;
-    connection.prepare_cached(SET_LIMITS)?.execute(params![
+    writer.prepare_cached(SET_LIMITS)?.execute(params![
         name,
         concurrency,
         now.as_micros(),
@@ -321,5 +370,5 @@ pub(super) fn configure(
         new_rate,
         rate.map(burst)
     ])?;
-    one(connection, name)
+    one(writer, name)
 }

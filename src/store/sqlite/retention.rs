@@ -7,11 +7,13 @@ use rusqlite::params;
 
 use super::group_commit::{in_savepoint, GroupCommit};
 use crate::error::Result;
+use crate::job::JobStatus;
 use crate::time::Timestamp;
 
 /// The oldest-ended jobs that ended before `?1`, at most `?2`. Pinned to the partial index
 /// on `finished_at`, whose condition this repeats word for word.
-pub(super) const ENDED_BEFORE: &str = "SELECT seq FROM jobs INDEXED BY jobs_ended_by_finish
+pub(super) const ENDED_BEFORE: &str =
+    "SELECT seq, queue, status FROM jobs INDEXED BY jobs_ended_by_finish
      WHERE status IN ('success', 'failed', 'timeout', 'cancelled') AND finished_at < ?1
      ORDER BY finished_at LIMIT ?2";
 pub(super) const DELETE_ATTEMPTS_OF_SEQ: &str = "DELETE FROM attempts WHERE job_seq = ?1";
@@ -23,25 +25,30 @@ pub(super) const DELETE_KEYS_BEFORE: &str = "DELETE FROM idempotency_keys WHERE 
          WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)";
 
 /// Deletes up to `limit` jobs that ended before `before`, in one write; returns how many.
-/// Ended jobs are not pending, so the pending count stays as it is.
+/// Each is counted out of its queue's counts.
 pub(super) fn prune_ended(writes: &GroupCommit, before: Timestamp, limit: usize) -> Result<usize> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     writes.write(move |writer| {
         in_savepoint(writer, |writer| {
-            let seqs = writer
+            let ended = writer
                 .prepare_cached(ENDED_BEFORE)?
                 .query_map(params![before.as_micros(), limit], |row| {
-                    row.get::<_, i64>(0)
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
                 })?
-                .collect::<rusqlite::Result<Vec<i64>>>()?;
-            for seq in &seqs {
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (seq, queue, status) in &ended {
                 writer
                     .prepare_cached(DELETE_ATTEMPTS_OF_SEQ)?
                     .execute([seq])?;
                 writer.prepare_cached(DELETE_KEYS_OF_SEQ)?.execute([seq])?;
                 writer.prepare_cached(DELETE_JOB_BY_SEQ)?.execute([seq])?;
+                writer.moved(queue, Some(status.parse::<JobStatus>()?), None);
             }
-            Ok(seqs.len())
+            Ok(ended.len())
         })
     })
 }

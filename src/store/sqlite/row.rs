@@ -4,8 +4,9 @@
 use rusqlite::Row;
 use serde_json::Value;
 
+use super::group_commit::Writer;
 use crate::error::{Error, Result};
-use crate::job::{Attempt, Job};
+use crate::job::{Attempt, Job, JobStatus};
 use crate::time::Timestamp;
 
 /// A row as SQLite returns it, before the text columns are parsed.
@@ -33,12 +34,17 @@ pub struct RawJob {
 }
 
 impl RawJob {
-    pub fn is_pending(&self) -> bool {
-        self.status == "pending"
-    }
-
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Counts this row, just deleted by `writer`, out of its queue's counts. A row whose
+    /// status cannot be read was never counted under a known status.
+    pub fn deleted_by(&self, writer: &mut Writer<'_>) {
+        match self.status.parse::<JobStatus>() {
+            Ok(status) => writer.moved(&self.queue, Some(status), None),
+            Err(_) => log::warn!("deleted job {} had an unknown status", self.id),
+        }
     }
 
     pub fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {

@@ -138,6 +138,28 @@ pub const MIGRATIONS: &[&str] = &[
         n      INTEGER NOT NULL,
         PRIMARY KEY (minute, status)
      ) WITHOUT ROWID;",
+    // 9: end-to-end throughput. `queue_counts` is kept by the writer, which adds each
+    // group-commit batch's changes in the batch's transaction (`counts`), no longer by
+    // triggers that updated two counter rows in every write of a job; the counts are rebuilt
+    // from the jobs. The queue's and the function's list indexes leave `status` out, so a
+    // job's changes of status no longer move their entries (same names, new columns; jobs
+    // without a function are left out). Jobs that ended without success, the ones a filter
+    // by status looks for among a queue's many successes, get partial indexes with the
+    // status, which the usual job never enters. `GET /jobs` picks among them (`list`).
+    "DROP TRIGGER jobs_counted_on_insert;
+     DROP TRIGGER jobs_counted_on_update;
+     DROP TRIGGER jobs_counted_on_delete;
+     DELETE FROM queue_counts;
+     INSERT INTO queue_counts (queue, status, n)
+        SELECT queue, status, count(*) FROM jobs GROUP BY queue, status;
+     DROP INDEX jobs_by_queue;
+     DROP INDEX jobs_by_function;
+     CREATE INDEX jobs_by_queue ON jobs(queue, seq);
+     CREATE INDEX jobs_by_function ON jobs(function, seq) WHERE function IS NOT NULL;
+     CREATE INDEX jobs_unsuccessful_by_queue ON jobs(queue, status, seq)
+        WHERE status IN ('failed', 'timeout', 'cancelled');
+     CREATE INDEX jobs_unsuccessful_by_function ON jobs(function, status, seq)
+        WHERE status IN ('failed', 'timeout', 'cancelled');",
 ];
 
 /// Brings the schema up to date; refuses a database made by a newer build.
@@ -162,4 +184,135 @@ pub fn migrate(connection: &mut Connection) -> Result<()> {
     }
     transaction.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::tests::options;
+    use super::super::SqliteStore;
+    use super::MIGRATIONS;
+    use crate::job::NewJob;
+    use crate::store::test_dir::TestDir;
+    use crate::store::Backend;
+    use crate::time::Timestamp;
+
+    fn rows(connection: &Connection, sql: &str) -> Vec<(String, String, i64)> {
+        connection
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    const COUNTED: &str =
+        "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status ORDER BY 1, 2";
+    const IN_TABLE: &str = "SELECT queue, status, n FROM queue_counts WHERE n <> 0 ORDER BY 1, 2";
+
+    #[test]
+    fn migration_9_drops_the_triggers_rebuilds_the_counts_and_swaps_the_list_indexes() {
+        let dir = TestDir::new("migration-9");
+        let path = dir.path().join("jobs.db");
+        let old = Connection::open(&path).unwrap();
+        for migration in &MIGRATIONS[..8] {
+            old.execute_batch(migration).unwrap();
+        }
+        old.pragma_update(None, "user_version", 8).unwrap();
+        // Jobs of two queues in several statuses, counted by the triggers; then a count that
+        // went wrong (say, by hand), which the migration must not keep.
+        old.execute_batch(
+            "INSERT INTO jobs (id, payload, status, priority, run_at, created_at, max_retries,
+                               timeout_seconds, queue, function)
+             VALUES ('p1', '{}', 'pending', 0, 0, 0, 0, 5, 'a', NULL),
+                    ('p2', '{}', 'pending', 0, 0, 0, 0, 5, 'b', 'f'),
+                    ('r1', '{}', 'running', 0, 0, 0, 0, 5, 'a', 'f'),
+                    ('s1', '{}', 'success', 0, 0, 0, 0, 5, 'a', NULL),
+                    ('s2', '{}', 'success', 0, 0, 0, 0, 5, 'b', NULL),
+                    ('x1', '{}', 'failed', 0, 0, 0, 0, 5, 'b', 'f');
+             UPDATE jobs SET status = 'cancelled' WHERE id = 'x1';
+             DELETE FROM jobs WHERE id = 's2';
+             UPDATE queue_counts SET n = n + 40 WHERE queue = 'a' AND status = 'success';
+             INSERT INTO queue_counts VALUES ('gone', 'pending', 3);",
+        )
+        .unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path, &options(0)).unwrap();
+        let connection = store.read();
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 9);
+        let triggers: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 0);
+        let expected: Vec<(String, String, i64)> = [
+            ("a", "pending", 1),
+            ("a", "running", 1),
+            ("a", "success", 1),
+            ("b", "cancelled", 1),
+            ("b", "pending", 1),
+        ]
+        .into_iter()
+        .map(|(queue, status, n)| (queue.into(), status.into(), n))
+        .collect();
+        assert_eq!(rows(&connection, COUNTED), expected);
+        assert_eq!(rows(&connection, IN_TABLE), expected);
+        for (index, columns) in [
+            ("jobs_by_queue", &["queue", "seq"][..]),
+            ("jobs_by_function", &["function", "seq"]),
+            ("jobs_unsuccessful_by_queue", &["queue", "status", "seq"]),
+            (
+                "jobs_unsuccessful_by_function",
+                &["function", "status", "seq"],
+            ),
+        ] {
+            let found: Vec<String> = connection
+                .prepare(&format!("SELECT name FROM pragma_index_info('{index}')"))
+                .unwrap()
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(found, columns, "{index}");
+        }
+        // The partial index holds the cancelled job (x1: failed, then cancelled), only.
+        let unsuccessful: Vec<String> = connection
+            .prepare(
+                "SELECT id FROM jobs INDEXED BY jobs_unsuccessful_by_queue
+                      WHERE queue = 'b' AND status = 'cancelled'
+                        AND status IN ('failed', 'timeout', 'cancelled')",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(unsuccessful, ["x1"]);
+        drop(connection);
+        // The jobs' pending count, and a new job counted once (no trigger left to count it).
+        assert_eq!(store.writes.pending(), 2);
+        store
+            .insert(
+                "new".into(),
+                &NewJob {
+                    queue: "b".into(),
+                    ..NewJob::for_test(0, None)
+                },
+                Timestamp::from_micros(1),
+            )
+            .unwrap();
+        let connection = store.read();
+        let counted = rows(&connection, COUNTED);
+        assert_eq!(rows(&connection, IN_TABLE), counted);
+        assert!(counted.contains(&("b".into(), "pending".into(), 2)));
+    }
 }

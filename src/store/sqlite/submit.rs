@@ -11,6 +11,7 @@ use rusqlite::{params, OptionalExtension};
 use super::group_commit::{in_savepoint, Writer};
 use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::job::JobStatus;
 use crate::store::{Answer, Inserted, NewKey, NewRow, StoredKey};
 use crate::time::Timestamp;
 
@@ -136,7 +137,9 @@ fn insert_in(
             first_seq.get_or_insert(seq);
         }
     }
-    writer.pending_changed(i64::try_from(count).unwrap_or(i64::MAX));
+    for row in rows {
+        writer.moved(&row.queue, None, Some(JobStatus::Pending));
+    }
     if let Some(key) = key {
         writer.prepare_cached(STORE_KEY)?.execute(params![
             key.key,
