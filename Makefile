@@ -1,10 +1,15 @@
-.PHONY: run test lint fmt ci chaos bench bench-quick
+.PHONY: run test test-tools lint fmt ci chaos bench bench-quick
 
 run:
 	cargo run --release
 
 test:
 	cargo test
+
+# Chromium, ChromeDriver and promtool, from Debian's packages, for the browser and
+# metrics-format tests (without them those tests say they skip). Needs root or sudo.
+test-tools:
+	bash .ci/install-test-tools
 
 lint:
 	cargo fmt --check

@@ -229,6 +229,18 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// The first path segments of the API's routes, which a base path may not start with.
+pub(crate) const ROUTE_ROOTS: [&str; 8] = [
+    "health",
+    "openapi.json",
+    "functions",
+    "jobs",
+    "queues",
+    "metrics",
+    "stats",
+    "assets",
+];
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -566,6 +578,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 ),
             });
         }
+        // The prefix is taken off every request that starts with it, so it must not be the
+        // start of a route as well: `/jobs` would turn `GET /jobs/ID` into `GET /ID`.
+        let first = path[1..].split('/').next().unwrap_or_default();
+        if ROUTE_ROOTS.contains(&first) {
+            return Err(Error::Config {
+                variable: name,
+                message: format!(
+                    "must not start with /{first}, which is a route of the API; use another prefix, e.g. /jobs-admin"
+                ),
+            });
+        }
         Ok(path.to_string())
     }
 
@@ -723,7 +746,16 @@ mod tests {
         let base = |text: &str| config_with(&[("DASHBOARD_BASE_PATH", text)]).map(|c| c.base_path);
         assert_eq!(base("/admin/jobs/").unwrap(), "/admin/jobs");
         assert_eq!(base("/").unwrap(), "");
-        for bad in ["admin", "/a b", "/a//b", "/a?b", "/<script>"] {
+        assert_eq!(base("/jobs-admin").unwrap(), "/jobs-admin");
+        for bad in [
+            "admin",
+            "/a b",
+            "/a//b",
+            "/a?b",
+            "/<script>",
+            "/jobs",
+            "/health/x",
+        ] {
             assert!(base(bad).is_err(), "{bad}");
         }
         let format = |text: &str| config_with(&[("LOG_FORMAT", text)]).map(|c| c.log_format);

@@ -514,3 +514,42 @@ fn on_postgresql_the_minutes_add_up_every_node() {
     };
     assert_eq!(finished(&first) + finished(&second), 4.0);
 }
+
+/// An attempt lost with its process (`kill -9`) is recovered by the next start: counted as
+/// recovered and as an `interrupted` attempt, with no run time (it stopped at an unknown
+/// moment), and the job's end as finished.
+#[test]
+fn an_attempt_lost_to_kill_9_counts_as_recovered_and_interrupted_after_the_restart() {
+    // A fixed node id: the restarted process recovers its own attempts at once, on either
+    // backend (without it PostgreSQL would wait for the lease).
+    let mut server = TestServer::builder()
+        .env("NODE_ID", "metrics-recovery")
+        .start();
+    let id = server.submit(json!({"queue": "long", "max_retries": 0,
+                                  "payload": {"duration_ms": 60_000}}));
+    server.wait_for_status(&id, "running", secs(20));
+    server.restart();
+    server.wait_for_status(&id, "failed", secs(30));
+    let (_, samples) = scrape(&server);
+    assert_eq!(value(&samples, "minilambda_jobs_recovered_total"), 1.0);
+    let attempts = |outcome: &str| {
+        value(
+            &samples,
+            &format!("minilambda_job_attempts_total{{queue=\"long\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(attempts("interrupted"), 1.0);
+    assert_eq!(attempts("failed"), 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "minilambda_jobs_finished_total{queue=\"long\",status=\"failed\"}"
+        ),
+        1.0
+    );
+    let runs = samples
+        .get("minilambda_job_run_seconds_count{queue=\"long\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert_eq!(runs, 0.0, "a recovered attempt has no run time");
+}

@@ -349,6 +349,17 @@ mod tests {
     }
 
     #[test]
+    fn a_base_path_may_start_with_no_route() {
+        for &(_, template) in ROUTES {
+            let first = template[1..].split('/').next().unwrap_or_default();
+            assert!(
+                first.is_empty() || crate::config::ROUTE_ROOTS.contains(&first),
+                "config::ROUTE_ROOTS lacks {first:?} of {template}"
+            );
+        }
+    }
+
+    #[test]
     fn every_listed_route_reaches_its_own_endpoint_with_the_id() {
         let mut reached = Vec::new();
         for &(name, template) in ROUTES {

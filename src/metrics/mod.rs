@@ -43,16 +43,27 @@ pub enum Outcome {
     Cancelled,
     /// Put back unfinished (a shutdown): the job runs again.
     Released,
+    /// Its node stopped while it ran, and another recovered it: how long it ran is unknown.
+    Interrupted,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Failed,
         Outcome::Timeout,
         Outcome::Cancelled,
         Outcome::Released,
+        Outcome::Interrupted,
     ];
+
+    /// Its place in `ALL`, and in a queue's attempt counters.
+    fn index(self) -> usize {
+        Outcome::ALL
+            .iter()
+            .position(|known| *known == self)
+            .unwrap_or(0)
+    }
 
     fn as_str(self) -> &'static str {
         match self {
@@ -61,6 +72,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
             Outcome::Released => "released",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -120,7 +132,7 @@ const ENDED: [JobStatus; 4] = [
 struct QueueSeries {
     submitted: Counter,
     /// By `Outcome::ALL`'s order.
-    attempts: [Counter; 5],
+    attempts: [Counter; Outcome::ALL.len()],
     /// By `ENDED`'s order.
     finished: [Counter; 4],
     wait: Histogram,
@@ -275,12 +287,13 @@ impl Metrics {
     /// An attempt's outcome was recorded after it ran for `run`.
     pub fn attempt_ended(&self, queue: &str, outcome: Outcome, run: Duration) {
         let series = self.queue(queue);
-        let index = Outcome::ALL
-            .iter()
-            .position(|known| *known == outcome)
-            .unwrap_or(0);
-        series.attempts[index].inc();
+        series.attempts[outcome.index()].inc();
         series.run.observe(run);
+    }
+
+    /// An attempt recovered after its node stopped: counted, with no run time.
+    pub fn attempt_interrupted(&self, queue: &str) {
+        self.queue(queue).attempts[Outcome::Interrupted.index()].inc();
     }
 
     /// A job ended for good in `status` (terminal) at `at`.

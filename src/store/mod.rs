@@ -509,6 +509,21 @@ impl Store {
         Ok(recorded)
     }
 
+    /// `finish_attempt` for an attempt whose node lost it (recovery): counted as
+    /// `interrupted`, without a run time, since it may have stopped long before `now`.
+    pub fn finish_recovered(&self, job: &Job, end: &AttemptEnd, now: Timestamp) -> Result<bool> {
+        let recorded = self
+            .backend
+            .finish_attempt(job, end, &AttemptDetails::default(), now)?;
+        if recorded {
+            self.metrics.attempt_interrupted(&job.queue);
+            if let Some(status) = end.final_status() {
+                self.job_ended(&job.id, &job.queue, Ending::Finished(status));
+            }
+        }
+        Ok(recorded)
+    }
+
     pub fn finish_and_claim_next(
         &self,
         job: &Job,

@@ -8,7 +8,7 @@ use log::warn;
 
 use super::idle::Waker;
 use crate::error::Result;
-use crate::job::{AttemptDetails, AttemptEnd};
+use crate::job::AttemptEnd;
 use crate::log_line::job_line;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
@@ -44,7 +44,7 @@ pub fn recover_lost(
             retry.after_failure(job, error, now)
         };
         // `false`: the attempt ended meanwhile after all, or another node recovered it first.
-        if !store.finish_attempt(job, &end, &AttemptDetails::default(), now)? {
+        if !store.finish_recovered(job, &end, now)? {
             continue;
         }
         recovered += 1;
@@ -110,7 +110,7 @@ pub fn recover_orphan(
     let error = "interrupted: this node lost track of the attempt (its claim's answer was lost)"
         .to_string();
     let end = retry.after_failure(&job, error, now);
-    match store.finish_attempt(&job, &end, &AttemptDetails::default(), now) {
+    match store.finish_recovered(&job, &end, now) {
         Ok(true) => {
             store.metrics().job_recovered();
             job_line!(

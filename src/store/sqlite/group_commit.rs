@@ -524,7 +524,10 @@ fn run_batch(
             .err()
             .map(|err| format!("the database could not commit: {}", describe(&err.into())))
     };
-    commit_seconds.observe(started.elapsed());
+    // Only a commit's time: an abandoned batch took none and would pull the figure down.
+    if !rolled_back {
+        commit_seconds.observe(started.elapsed());
+    }
     log::trace!(
         "committed {} write(s) in {:?}",
         deliveries.len(),
