@@ -10,6 +10,7 @@
 //! queue.
 #![forbid(unsafe_code)]
 
+mod background;
 pub mod config;
 pub mod error;
 mod executor;

@@ -6,13 +6,13 @@
 //! next one.
 
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use log::{error, warn};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::warn;
 
-use crate::error::{Error, Result};
+use crate::background::Background;
+use crate::error::Result;
 use crate::metrics::unix_minute;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -26,35 +26,19 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const KEPT_MINUTES: i64 = 24 * 60;
 
 /// The flusher thread; stop it with [`MinuteFlusher::stop`].
-pub struct MinuteFlusher {
-    /// Dropped to stop the thread.
-    stop: Option<Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-}
+pub struct MinuteFlusher(Background);
 
 impl MinuteFlusher {
     pub fn start(store: Arc<Store>) -> Result<MinuteFlusher> {
-        let (stop, stopped) = bounded::<()>(0);
-        let handle = thread::Builder::new()
-            .name("minute-flusher".into())
-            .spawn(move || flush_until_stopped(&store, &stopped))
-            .map_err(|err| {
-                Error::Startup(format!("cannot start the minute flusher thread: {err}"))
-            })?;
-        Ok(MinuteFlusher {
-            stop: Some(stop),
-            handle: Some(handle),
+        Background::start("minute-flusher", move |stopped| {
+            flush_until_stopped(&store, stopped)
         })
+        .map(MinuteFlusher)
     }
 
     /// Stops the thread after one last flush.
-    pub fn stop(mut self) {
-        self.stop = None;
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                error!("the minute flusher thread panicked");
-            }
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 

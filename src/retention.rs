@@ -9,13 +9,13 @@
 //! nodes may prune one database at once.
 
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{error, info};
 
-use crate::error::{Error, Result};
+use crate::background::Background;
+use crate::error::Result;
 use crate::store::Store;
 use crate::time::Timestamp;
 
@@ -42,33 +42,19 @@ pub struct Retention {
 }
 
 /// The retention thread; stop it with [`Pruner::stop`].
-pub struct Pruner {
-    /// Dropped to stop the thread.
-    stop: Option<Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-}
+pub struct Pruner(Background);
 
 impl Pruner {
     pub fn start(store: Arc<Store>, retention: Retention) -> Result<Pruner> {
-        let (stop, stopped) = bounded::<()>(0);
-        let handle = thread::Builder::new()
-            .name("retention".into())
-            .spawn(move || prune_until_stopped(&store, retention, &stopped))
-            .map_err(|err| Error::Startup(format!("cannot start the retention thread: {err}")))?;
-        Ok(Pruner {
-            stop: Some(stop),
-            handle: Some(handle),
+        Background::start("retention", move |stopped| {
+            prune_until_stopped(&store, retention, stopped)
         })
+        .map(Pruner)
     }
 
     /// Stops the thread, within one batch.
-    pub fn stop(mut self) {
-        self.stop = None;
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                error!("the retention thread panicked");
-            }
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 

@@ -182,6 +182,7 @@ pub fn fill_with(path: &Path, rows: u64, rng: &mut Rng, mix: &Mix) -> Result<See
                 .context(format!("cannot insert row {index}"))?;
         }
     }
+    recount_queues(&transaction)?;
     transaction
         .commit()
         .context("cannot commit the bulk load")?;
@@ -193,6 +194,29 @@ pub fn fill_with(path: &Path, rows: u64, rng: &mut Rng, mix: &Mix) -> Result<See
         rows,
         elapsed: started.elapsed(),
     })
+}
+
+/// Counts the jobs per queue and status into `queue_counts`, as the server's writer keeps
+/// it (it counts its own writes, not rows inserted behind its back); a schema without the
+/// table has nothing to count.
+fn recount_queues(connection: &Connection) -> Result<()> {
+    let has_counts: bool = connection
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'queue_counts'",
+            [],
+            |row| row.get(0),
+        )
+        .context("cannot look for queue_counts")?;
+    if has_counts {
+        connection
+            .execute_batch(
+                "DELETE FROM queue_counts;
+                 INSERT INTO queue_counts (queue, status, n)
+                    SELECT queue, status, count(*) FROM jobs GROUP BY queue, status;",
+            )
+            .context("cannot count the jobs per queue")?;
+    }
+    Ok(())
 }
 
 /// Reads the table's columns and builds the INSERT for those this module can fill. Refuses a
