@@ -100,16 +100,7 @@ fn queue_of(server: &TestServer, name: &str, token: Option<&str>) -> Value {
         .iter()
         .map(|value| ("Authorization", value.as_str()))
         .collect();
-    let response = server.request("GET", "/queues", &headers, None);
-    assert_eq!(response.status, 200, "{}", response.text());
-    response
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|queue| queue["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no queue {name} in {}", response.text()))
+    listed_queue(server, name, &headers).unwrap_or_else(|| panic!("no queue {name}"))
 }
 
 /// The `src` and `href` of the page's script and style sheet.

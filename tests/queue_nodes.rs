@@ -30,15 +30,7 @@ fn node(database: &Database, id: &str, workers: usize) -> TestServer {
 }
 
 fn running(server: &TestServer, queue: &str) -> u64 {
-    let response = server.get("/queues");
-    assert_eq!(response.status, 200, "{}", response.text());
-    response
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == queue)
-        .map_or(0, |q| q["counts"]["running"].as_u64().unwrap())
+    listed_queue(server, queue, &[]).map_or(0, |q| q["counts"]["running"].as_u64().unwrap())
 }
 
 /// Each attempt's `(started, finished, node)`.

@@ -71,6 +71,20 @@ pub const STATUSES: [&str; 6] = [
     "cancelled",
 ];
 
+/// The queue `name` as `GET /queues` lists it, if it does; the request carries `headers`
+/// (a token, say) and must be answered 200.
+pub fn listed_queue(server: &TestServer, name: &str, headers: &[(&str, &str)]) -> Option<Value> {
+    let response = server.request("GET", "/queues", headers, None);
+    assert_eq!(response.status, 200, "{}", response.text());
+    response
+        .json()
+        .as_array()
+        .expect("GET /queues answers an array")
+        .iter()
+        .find(|queue| queue["name"] == name)
+        .cloned()
+}
+
 // ---------------------------------------------------------------------------
 // Polling
 // ---------------------------------------------------------------------------
